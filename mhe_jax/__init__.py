@@ -1,0 +1,1 @@
+"""mhe_jax: Multi-Head Encoding for extreme label classification."""
