@@ -47,6 +47,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting.")
 _CHUNK = flags.DEFINE_integer("chunk", 65536, "Class chunk of vanilla-stream.")
 _BUDGET = flags.DEFINE_float(
     "memory_budget_gb", 12.0, "Run vanilla only while weight + logits fit.")
+_MARKDOWN_FROM = flags.DEFINE_string(
+    "markdown_from", None, "Only print the README table of a results JSON.")
 _OUT = flags.DEFINE_string(
     "out", str(pathlib.Path(__file__).parent / "results" / "decode.json"),
     "Where to write the JSON results.")
@@ -109,8 +111,49 @@ def fmt_bytes(n):
     n /= 1024
 
 
+def markdown_table(results: dict) -> str:
+  """The README table: best vanilla vs each MHE H, per (C, k)."""
+  rows = results["rows"]
+  heads = sorted({r["method"] for r in rows if r["method"].startswith("mhe-")})
+  keys = sorted({(r["num_classes"], r["k"]) for r in rows if r["k"]})
+  head = "| C | k | vanilla ms (best of dense, stream) | " + " | ".join(
+      f"{h} ms (speed-up)" for h in heads) + " | vanilla memory | " + " | ".join(
+          f"{h} memory" for h in heads) + " |"
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for c, k in keys:
+    van = [r for r in rows if r["method"].startswith("vanilla")
+           and r["num_classes"] == c and r["k"] == k]
+    nofit = [r for r in rows if r["method"] == "vanilla"
+             and r["num_classes"] == c and r.get("note")]
+    if van:
+      best = min(van, key=lambda r: r["seconds"])
+      van_ms = f"{best['seconds'] * 1e3:,.1f}"
+      van_mem = fmt_bytes(min(r["memory_bytes"] for r in van))
+    else:
+      van_ms, van_mem = "does not fit", nofit[0]["note"] if nofit else "-"
+    cells, mems = [], []
+    for h in heads:
+      r = [r for r in rows if r["method"] == h and r["num_classes"] == c
+           and r["k"] == k]
+      if not r:
+        cells.append("-")
+        mems.append("-")
+        continue
+      r = r[0]
+      sp = r.get("speedup_vs_vanilla")
+      cells.append(f"{r['seconds'] * 1e3:,.2f}" +
+                   (f" ({sp:,.0f}x)" if sp else ""))
+      mems.append(fmt_bytes(r["memory_bytes"]))
+    lines.append(f"| {c:.0e} | {k} | {van_ms} | " + " | ".join(cells) +
+                 f" | {van_mem} | " + " | ".join(mems) + " |")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
+  if _MARKDOWN_FROM.value:
+    print(markdown_table(json.loads(pathlib.Path(_MARKDOWN_FROM.value).read_text())))
+    return
   batch, dim = _BATCH.value, _DIM.value
   classes = [int(float(c)) for c in _CLASSES.value]
   heads = [int(h) for h in _HEADS.value]
@@ -173,6 +216,7 @@ def main(argv):
               cpu_count=os.cpu_count(), machine=platform.machine(),
               processor=platform.processor(), time=time.strftime("%Y-%m-%d %H:%M"))
   out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+  print(markdown_table(dict(meta=meta, rows=rows)))
   print(f"wrote {out}")
 
 
