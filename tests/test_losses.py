@@ -26,7 +26,7 @@ def test_softmax_cross_entropy():
   expected = -np_log_softmax(logits)[np.arange(5), np.maximum(labels, 0)]
   expected[2] = expected[4] = 0.
   np.testing.assert_allclose(out, expected, rtol=1e-5)
-  check_grads(lambda z: losses.softmax_cross_entropy(z, labels).sum(),
+  check_grads(jax.jit(lambda z: losses.softmax_cross_entropy(z, labels).sum()),
               (jnp.asarray(logits),), order=1, modes=["rev"], eps=1e-2)
 
 
@@ -44,7 +44,8 @@ def test_multi_head_ce_is_minus_product_log_probs():
   out = losses.multi_head_softmax_cross_entropy(logits, padded, codec)
   assert out[1] == 0.
   check_grads(
-      lambda *z: losses.multi_head_softmax_cross_entropy(z, labels, codec).sum(),
+      jax.jit(lambda *z: losses.multi_head_softmax_cross_entropy(
+          z, labels, codec).sum()),
       tuple(logits), order=1, modes=["rev"], eps=1e-2)
 
 
@@ -59,7 +60,7 @@ def test_sigmoid_bce():
   out = losses.sigmoid_binary_cross_entropy(logits, targets,
                                             where=np.array([1, 0, 1, 1], bool))
   assert out[1] == 0. and out[0] > 0
-  check_grads(lambda z: losses.sigmoid_binary_cross_entropy(z, targets).sum(),
+  check_grads(jax.jit(lambda z: losses.sigmoid_binary_cross_entropy(z, targets).sum()),
               (jnp.asarray(logits),), order=1, modes=["rev"], eps=1e-2)
 
 
@@ -89,7 +90,7 @@ def test_pick_some_labels_loss():
   assert losses.pick_some_labels_loss(scores, positives, picked,
                                       where=where)[2] == 0.
   check_grads(
-      lambda s: losses.pick_some_labels_loss(s, positives, picked).sum(),
+      jax.jit(lambda s: losses.pick_some_labels_loss(s, positives, picked).sum()),
       (jnp.asarray(scores),), order=1, modes=["rev"], eps=1e-2)
 
 
