@@ -333,3 +333,16 @@ def test_element_spec_matches_batches(bibtex):
 def test_default_process_from_jax():
   it = pipeline.eval_loader(_toy_source(20), 8)
   assert it.batch_size == 8  # One process in tests.
+
+
+def test_grain_orbax_checkpoint_handler(tmp_path):
+  # The orbax handler grain ships saves get_state() as JSON per process.
+  import grain  # pylint: disable=g-import-not-at-top
+  source = _toy_source(103)
+  it = _train(source, 4)
+  _take(it, 3)
+  handler = grain.checkpoint.CheckpointHandler()
+  handler.save(tmp_path, args=grain.checkpoint.CheckpointSave(it))
+  restored = _train(source, 4)
+  handler.restore(tmp_path, args=grain.checkpoint.CheckpointRestore(restored))
+  _assert_batches_equal(_take(restored, 3), _take(it, 3))

@@ -54,6 +54,7 @@ Example::
   state = it.get_state()    # small JSON-able dict; save with the model
   it2 = pipeline.train_loader(source, global_batch_size=256, seed=0)
   it2.set_state(state)      # next(it2) == next(it)
+  # With orbax: grain.checkpoint.CheckpointSave(it) / CheckpointRestore(it2).
   for batch in pipeline.eval_loader(pipeline.SparseSource(train), 512):
     ...                     # weight metrics by batch["mask"]
 """
@@ -63,13 +64,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import grain
 import numpy as np
 import scipy.sparse as sp
 
+from mhe_jax.data.corpus import Corpus
 from mhe_jax.data.formats import XMCData
 
 Batch = dict[str, np.ndarray]
@@ -107,7 +109,7 @@ class Source(Protocol):
 def _padded_rows(
     m: sp.csr_matrix, rows: np.ndarray, width: int, with_values: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
-  """CSR rows ``rows`` (-1: empty) as -1 padded ``[B, width]`` indices/values."""
+  """CSR rows (-1: empty row) as -1 padded ``[B, width]`` indices, values."""
   valid = rows >= 0
   safe = np.where(valid, rows, 0)
   starts = m.indptr[safe]
@@ -275,7 +277,8 @@ class TokenSource:
       raise ValueError(f"{self._n} examples; at most {_MAX_ROWS}")
 
   @classmethod
-  def from_corpus(cls, corpus: Any, split: str, context: int) -> TokenSource:
+  def from_corpus(cls, corpus: Corpus, split: str,
+                  context: int) -> TokenSource:
     """Source over ``corpus.split_ids(split)`` (a :class:`Corpus`)."""
     return cls(corpus.split_ids(split), context)
 
@@ -380,7 +383,8 @@ class _EvalPlan:
 class _BatchSequence:
   """A grain random-access data source whose records are whole batches."""
 
-  def __init__(self, source: Source, plan: Any, num_steps: int):
+  def __init__(self, source: Source, plan: Callable[[int], np.ndarray],
+               num_steps: int):
     self.source = source
     self.plan = plan
     self.num_steps = num_steps
