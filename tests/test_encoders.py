@@ -1,0 +1,346 @@
+"""Encoders: embedding bag against numpy, padding, idf, shapes, sharding,
+learning."""
+
+import time
+
+import chex
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+import pytest
+import scipy.sparse as sp
+
+from mhe_jax.data import synthetic
+from mhe_jax.data.pipeline import SparseSource
+from mhe_jax.nn.encoders import ResNet, SparseMLPEncoder, TokenContextEncoder
+
+V, D = 40, 6
+
+
+def padded_batch(seed=0, batch=5, width=7, vocab=V):
+  """Random -1 padded (ids [B, F], values [B, F]) and the dense X [B, V].
+
+  Row lengths vary (one row is empty), ids within a row are distinct.
+  """
+  rng = np.random.default_rng(seed)
+  ids = np.full((batch, width), -1, np.int32)
+  values = np.zeros((batch, width), np.float32)
+  dense = np.zeros((batch, vocab))
+  for b in range(batch):
+    n = 0 if b == 1 else int(rng.integers(1, width + 1))
+    row = rng.choice(vocab, n, replace=False)
+    vals = rng.uniform(0.5, 3.0, n)
+    # Padding need not be at the end for the encoder; scatter it.
+    pos = np.sort(rng.choice(width, n, replace=False))
+    ids[b, pos] = row
+    values[b, pos] = vals
+    dense[b, row] = vals
+  return ids, values, dense
+
+
+def np_idf(dense):
+  n = dense.shape[0]
+  df = (dense != 0).sum(0)
+  return np.log((1.0 + n) / (1.0 + df)) + 1.0
+
+
+def np_bag(dense, emb, idf=None, normalize=True):
+  w = np.asarray(dense, np.float64)
+  if idf is not None:
+    w = w * idf
+  if normalize:
+    norm = np.linalg.norm(w, axis=1, keepdims=True)
+    w = w / np.where(norm > 0, norm, 1.0)
+  return w @ np.asarray(emb, np.float64)
+
+
+# ---------------------------------------------------------------- bag, idf
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("use_idf", [False, True])
+def test_bag_equals_numpy(normalize, use_idf):
+  ids, values, dense = padded_batch()
+  idf = np_idf(padded_batch(seed=3, batch=20)[2]) if use_idf else None
+  enc = SparseMLPEncoder(V, D, (), tfidf_idf=idf, normalize=normalize,
+                         rngs=nnx.Rngs(0))
+  assert enc.out_features == D
+  want = np_bag(dense, enc.embedding[...], idf, normalize)
+  np.testing.assert_allclose(enc.bag(ids, values), want, rtol=1e-5,
+                             atol=1e-6)
+  # hidden=() makes the MLP the identity: the call is the bag.
+  np.testing.assert_allclose(nnx.jit(lambda e, i, v: e(i, v))(enc, ids,
+                                                               values),
+                             want, rtol=1e-5, atol=1e-6)
+
+
+def test_full_encoder_equals_numpy():
+  ids, values, dense = padded_batch(seed=1)
+  idf = np_idf(dense)
+  enc = SparseMLPEncoder(V, D, (8, 3), tfidf_idf=idf, rngs=nnx.Rngs(1))
+  assert enc.out_features == 3
+  x = np_bag(dense, enc.embedding[...], idf)
+  for layer in enc.mlp.linears:
+    x = np.maximum(x @ np.asarray(layer.kernel[...], np.float64)
+                   + np.asarray(layer.bias[...]), 0.0)
+  np.testing.assert_allclose(enc(ids, values), x, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_ignored_and_gets_no_gradient():
+  ids, values, _ = padded_batch(seed=2)
+  enc = SparseMLPEncoder(V, D, (8,), tfidf_idf=np.linspace(1, 2, V),
+                         layer_norm=True, rngs=nnx.Rngs(2))
+  pad = ids < 0
+  # Garbage in the padding: other negative ids and large values.
+  ids2 = np.where(pad, -7, ids)
+  values2 = np.where(pad, 1e3, values).astype(np.float32)
+  f = nnx.jit(lambda e, i, v: e(i, v))
+  np.testing.assert_array_equal(f(enc, ids, values), f(enc, ids2, values2))
+
+  @jax.jit
+  def loss(params, values):
+    model = nnx.merge(graphdef, params, rest)
+    return jnp.sum(model(ids2, values) ** 2)
+
+  graphdef, params, rest = nnx.split(enc, nnx.Param, ...)
+  g_params, g_values = jax.grad(loss, argnums=(0, 1))(params, values2)
+  np.testing.assert_array_equal(np.asarray(g_values)[pad], 0.0)
+  assert np.abs(np.asarray(g_values)[~pad]).sum() > 0
+  # Only embedding rows of real ids get gradient; padding is gathered from
+  # row 0 internally, which must stay untouched unless 0 is a real id.
+  g_emb = np.asarray(g_params["embedding"][...])
+  touched = np.zeros(V, bool)
+  touched[ids[~pad]] = True
+  np.testing.assert_array_equal(g_emb[~touched], 0.0)
+  assert (np.abs(g_emb[touched]).sum(1) > 0).all()
+
+
+def test_idf_from_csr_equals_plain_computation():
+  rng = np.random.default_rng(0)
+  dense = rng.integers(0, 3, (9, 12)) * (rng.random((9, 12)) < 0.3)
+  dense[:, 4] = 0  # a feature no document has
+  x_csr = sp.csr_matrix(dense.astype(np.float32))
+  # An explicit zero and a duplicate entry must not change df.
+  x_coo = sp.coo_matrix(
+      (np.r_[x_csr.tocoo().data, 0.0, 1.0],
+       (np.r_[x_csr.tocoo().row, 0, 2], np.r_[x_csr.tocoo().col, 4, 0])),
+      shape=dense.shape)
+  want = np.array([
+      np.log((1 + 9) / (1 + sum(dense[i, j] != 0 for i in range(9)))) + 1
+      for j in range(12)])
+  dense_dup = dense.copy()
+  dense_dup[2, 0] += 1
+  want_dup = np_idf(dense_dup)
+  got = SparseMLPEncoder.idf_from_csr(x_csr)
+  assert got.dtype == np.float32 and got.shape == (12,)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_allclose(got[4], np.log(10) + 1, rtol=1e-6)
+  np.testing.assert_allclose(SparseMLPEncoder.idf_from_csr(x_coo), want_dup,
+                             rtol=1e-6)
+  np.testing.assert_allclose(SparseMLPEncoder.idf_from_csr(dense), want,
+                             rtol=1e-6)
+
+
+def test_pipeline_batch_and_errors():
+  data, _ = synthetic.make_single_label(32, 5, V, seed=0)
+  batch = SparseSource(data, single_label=True).gather(np.arange(8))
+  enc = SparseMLPEncoder(V, D, (4,), rngs=nnx.Rngs(0))
+  out = enc(batch["feature_ids"], batch["feature_values"])
+  assert out.shape == (8, 4) and out.dtype == jnp.float32
+  np.testing.assert_allclose(
+      enc.bag(batch["feature_ids"], batch["feature_values"]),
+      np_bag(data.X[:8].toarray(), enc.embedding[...]), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="tfidf_idf"):
+    SparseMLPEncoder(V, D, tfidf_idf=np.ones(V + 1), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"\[B, F\]"):
+    enc(batch["feature_ids"], batch["feature_values"][:, :1])
+  with pytest.raises(TypeError, match="integers"):
+    enc(batch["feature_values"], batch["feature_values"])
+
+
+def test_dropout_only_in_training():
+  ids, values, _ = padded_batch()
+  enc = SparseMLPEncoder(V, D, (64,), dropout=0.5, rngs=nnx.Rngs(0))
+  np.testing.assert_array_equal(enc(ids, values), enc(ids, values))
+  a = enc(ids, values, train=True)
+  b = enc(ids, values, train=True)
+  assert not np.array_equal(a, b)
+  assert (np.asarray(a) == 0).mean() > 0.3
+
+
+def test_logical_axis_names():
+  enc = SparseMLPEncoder(V, D, (8, 8, 4), tfidf_idf=np.ones(V),
+                         layer_norm=True, rngs=nnx.Rngs(0))
+  specs = nnx.get_partition_spec(nnx.state(enc))
+  assert specs["embedding"].get_value() == P("vocab", "embed")
+  assert specs["idf"].get_value() == P("vocab")
+  kernels = [specs["mlp"]["linears"][i]["kernel"].get_value()
+             for i in range(3)]
+  assert kernels == [P("embed", "mlp"), P("mlp", "embed"), P("embed", "mlp")]
+  assert specs["mlp"]["linears"][1]["bias"].get_value() == P("embed")
+  assert specs["mlp"]["norms"][1]["scale"].get_value() == P("embed")
+  net = ResNet((1,), (4,), rngs=nnx.Rngs(0))
+  specs = nnx.get_partition_spec(nnx.state(net))
+  assert specs["stem"]["kernel"].get_value() == P(None, None, "conv_in",
+                                                  "conv_out")
+  # The idf is not a Param: optimizers built with wrt=nnx.Param skip it.
+  assert "idf" not in nnx.state(enc, nnx.Param)
+
+
+# ---------------------------------------------------------------- sharding
+
+
+def test_batch_sharded_equals_unsharded():
+  mesh = jax.make_mesh((8,), ("data",),
+                       axis_types=(jax.sharding.AxisType.Explicit,))
+  sharding = NamedSharding(mesh, P("data"))
+  ids, values, _ = padded_batch(seed=4, batch=16)
+  enc = SparseMLPEncoder(V, D, (8, 4), tfidf_idf=np.linspace(1, 3, V),
+                         layer_norm=True, rngs=nnx.Rngs(0))
+  f = nnx.jit(lambda e, i, v: e(i, v))
+  want = f(enc, ids, values)
+  ids_sharded = jax.device_put(ids, sharding)
+  values_sharded = jax.device_put(values, sharding)
+  got = f(enc, ids_sharded, values_sharded)
+  assert got.sharding.spec == P("data", None)
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
+  # Parameters replicated on the mesh, as a trainer places them.
+  graphdef, state = nnx.split(enc)
+  replicated = nnx.merge(graphdef,
+                         jax.device_put(state, NamedSharding(mesh, P())))
+  with jax.set_mesh(mesh):
+    got = f(replicated, ids_sharded, values_sharded)
+  chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-6)
+
+  tokens = np.random.default_rng(0).integers(0, V, (16, 3)).astype(np.int32)
+  lm = TokenContextEncoder(V, 3, 4, (8,), rngs=nnx.Rngs(0))
+  g = nnx.jit(lambda e, t: e(t))
+  chex.assert_trees_all_close(g(lm, jax.device_put(tokens, sharding)),
+                              g(lm, tokens), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- tokens
+
+
+def test_token_context_encoder():
+  enc = TokenContextEncoder(30, 3, 4, (16, 5), rngs=nnx.Rngs(0))
+  assert enc.out_features == 5
+  tokens = np.random.default_rng(0).integers(0, 30, (6, 3)).astype(np.int32)
+  f = nnx.jit(lambda e, t: e(t))
+  out = f(enc, tokens)
+  assert out.shape == (6, 5) and out.dtype == jnp.float32
+  # Every position matters, and order matters (concatenation, not a bag).
+  for pos in range(3):
+    changed = tokens.copy()
+    changed[0, pos] = (changed[0, pos] + 1) % 30
+    out2 = f(enc, changed)
+    assert not np.allclose(out2[0], out[0])
+    np.testing.assert_array_equal(out2[1:], out[1:])
+  swapped = tokens.copy()
+  swapped[0] = [7, 8, 9]
+  reversed_ = swapped.copy()
+  reversed_[0] = [9, 8, 7]
+  assert not np.allclose(f(enc, swapped)[0], f(enc, reversed_)[0])
+  assert TokenContextEncoder(30, 3, 4, rngs=nnx.Rngs(0)).out_features == 12
+  with pytest.raises(ValueError, match=r"\[B, 3\]"):
+    enc(tokens[:, :2])
+
+
+# ---------------------------------------------------------------- ResNet
+
+
+@pytest.mark.parametrize("num_blocks,widths,hw", [
+    ((1,), (4,), 8),
+    ((1, 2), (8, 16), 9),  # odd size: SAME padding, stride 2 -> 5
+])
+def test_resnet_shapes_grads_jit(num_blocks, widths, hw):
+  net = ResNet(num_blocks, widths, in_channels=3, rngs=nnx.Rngs(0))
+  assert net.out_features == widths[-1]
+  images = jax.random.normal(jax.random.key(0), (2, hw, hw, 3))
+  out = nnx.jit(lambda n, x: n(x, train=True))(net, images)
+  assert out.shape == (2, widths[-1]) and out.dtype == jnp.float32
+  np.testing.assert_allclose(out, net(images), rtol=1e-5, atol=1e-5)
+  assert np.isfinite(np.asarray(out)).all()
+
+  graphdef, params = nnx.split(net, nnx.Param)
+
+  @jax.jit
+  def loss(params):
+    return jnp.sum(nnx.merge(graphdef, params)(images) ** 2)
+
+  grads = jax.grad(loss)(params)
+  leaves = jax.tree.leaves(grads)
+  assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+  assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
+  # Examples are independent (GroupNorm, no batch statistics).
+  np.testing.assert_allclose(net(images[:1]), out[:1], rtol=1e-5, atol=1e-5)
+
+
+def test_resnet_errors():
+  with pytest.raises(ValueError, match="same length"):
+    ResNet((1, 1), (8,), rngs=nnx.Rngs(0))
+  net = ResNet((1,), (4,), in_channels=1, rngs=nnx.Rngs(0))
+  assert net(np.zeros((1, 4, 4, 1), np.uint8)).shape == (1, 4)
+  with pytest.raises(ValueError, match="images"):
+    net(np.zeros((1, 4, 4, 3)))
+
+
+# ---------------------------------------------------------------- learning
+
+
+class _Classifier(nnx.Module):
+
+  def __init__(self, encoder, num_classes, rngs):
+    self.encoder = encoder
+    self.linear = nnx.Linear(encoder.out_features, num_classes, rngs=rngs)
+
+  def __call__(self, ids, values, train=False):
+    return self.linear(self.encoder(ids, values, train=train))
+
+
+def test_sparse_encoder_learns_bag_of_words():
+  """SparseMLPEncoder + linear softmax: >= 90% test accuracy on a synthetic
+  20-class bag-of-words task (chance 5%, majority class ~28%) in 150 adam
+  steps; takes about a second on CPU."""
+  num_classes, num_features = 20, 500
+  kwargs = dict(signature_size=8, tokens_per_label=4, noise_tokens=20.0,
+                task_seed=0)
+  train, y_train = synthetic.make_single_label(
+      4096, num_classes, num_features, seed=0, **kwargs)
+  test, y_test = synthetic.make_single_label(
+      1024, num_classes, num_features, seed=1, **kwargs)
+  idf = SparseMLPEncoder.idf_from_csr(train.X)
+  width = max(int(np.diff(d.X.indptr).max()) for d in (train, test))
+  src_train = SparseSource(train, max_features=width, single_label=True)
+  src_test = SparseSource(test, max_features=width, single_label=True)
+  model = _Classifier(
+      SparseMLPEncoder(num_features, 32, (64,), dropout=0.1, tfidf_idf=idf,
+                       rngs=nnx.Rngs(0)), num_classes, nnx.Rngs(1))
+  optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, ids, values, labels):
+    def loss_fn(model):
+      logits = model(ids, values, train=True)
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels).mean()
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  start = time.perf_counter()
+  rng = np.random.default_rng(0)
+  for _ in range(150):
+    batch = src_train.gather(rng.choice(len(src_train), 128, replace=False))
+    step(model, optimizer, batch["feature_ids"], batch["feature_values"],
+         batch["labels"])
+  batch = src_test.gather(np.arange(len(src_test)))
+  pred = np.asarray(nnx.jit(lambda m, i, v: m(i, v).argmax(-1))(
+      model, batch["feature_ids"], batch["feature_values"]))
+  accuracy = float((pred == y_test).mean())
+  elapsed = time.perf_counter() - start
+  assert accuracy >= 0.9, accuracy
+  assert elapsed < 20, elapsed
