@@ -359,6 +359,5 @@ def test_sparse_encoder_learns_bag_of_words():
       model, batch["feature_ids"], batch["feature_values"]))
   accuracy = float((pred == y_test).mean())
   elapsed = time.perf_counter() - start
-  print(f'accuracy {accuracy:.3f} in {elapsed:.1f}s')
   assert accuracy >= 0.9, accuracy
   assert elapsed < 20, elapsed

@@ -12,9 +12,10 @@ and ``__call__(inputs, *, train=False) -> features_bo`` float32
   :class:`mhe_jax.data.pipeline.SparseSource` makes them): an embedding bag,
   optionally over tf-idf weighted, L2-normalised values, then a ReLU MLP.
 * :class:`TokenContextEncoder` for the next-token corpus task
-  (``"features"`` int32 ``[B, n]``, :class:`~mhe_jax.data.pipeline.TokenSource`):
-  embeds the n previous tokens, concatenates them and applies a ReLU MLP (a
-  Bengio-style neural n-gram model).
+  (``"features"`` int32 ``[B, n]``,
+  :class:`~mhe_jax.data.pipeline.TokenSource`): embeds the n previous
+  tokens, concatenates them and applies a ReLU MLP (a Bengio-style neural
+  n-gram model).
 * :class:`ResNet` for images ``[B, H, W, C]``: a small basic-block ResNet
   with GroupNorm and global average pooling.
 
@@ -38,19 +39,23 @@ mesh axes with its logical axis rules:
 Example::
 
   from flax import nnx
-  import jax.numpy as jnp
-  from mhe_jax.nn.encoders import SparseMLPEncoder, TokenContextEncoder, ResNet
+  import numpy as np
+  from mhe_jax.data import pipeline, synthetic
+  from mhe_jax.nn.encoders import ResNet, SparseMLPEncoder, TokenContextEncoder
 
-  enc = SparseMLPEncoder(1836, 256, (512, 512),
+  train = synthetic.make_multi_label(1000, 50, 2000)          # X: [N, 2000]
+  batch = pipeline.SparseSource(train).gather(np.arange(8))
+  enc = SparseMLPEncoder(2000, 64, (256, 256),
                          tfidf_idf=SparseMLPEncoder.idf_from_csr(train.X),
-                         rngs=nnx.Rngs(0))
-  x_bo = enc(batch["feature_ids"], batch["feature_values"])    # [B, 512]
+                         dropout=0.1, rngs=nnx.Rngs(0))
+  x_bo = enc(batch["feature_ids"], batch["feature_values"])    # [8, 256]
+  x_bo = enc(batch["feature_ids"], batch["feature_values"], train=True)
 
-  lm = TokenContextEncoder(10_000, 4, 64, (512,), rngs=nnx.Rngs(0))
-  x_bo = lm(jnp.zeros((8, 4), jnp.int32))                      # [8, 512]
+  lm = TokenContextEncoder(10_000, 4, 32, (256,), rngs=nnx.Rngs(0))
+  x_bo = lm(np.zeros((8, 4), np.int32))                        # [8, 256]
 
   net = ResNet((1, 1), (16, 32), rngs=nnx.Rngs(0))
-  x_bo = net(jnp.zeros((8, 32, 32, 3)))                        # [8, 32]
+  x_bo = net(np.zeros((8, 32, 32, 3), np.float32))             # [8, 32]
 """
 
 from __future__ import annotations
