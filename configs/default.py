@@ -1,0 +1,38 @@
+"""Default: MHP on built-in synthetic multi-label data (the README's main job).
+
+Command:   python -m mhe_jax.main --config=configs/default.py --workdir=/tmp/mhe_default
+Hardware:  2-core CPU, no accelerator.
+Walltime:  about 1 minute.
+Reached:   (filled in below when measured)
+Arguments: ``--config=configs/default.py:runlocal`` shrinks it further.
+"""
+
+from mhe_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+  config = config_lib.base_config()
+  config.name = "default"
+  config.data.name = "synthetic"
+  config.data.multilabel = True
+  config.data.num_classes = 10_000
+  config.data.num_features = 20_000
+  config.data.num_train = 20_000
+  config.data.num_test = 2_000
+  config.encoder.type = "sparse_mlp"
+  config.encoder.embed_dim = 256
+  config.encoder.hidden = (256,)
+  config.head.type = "mhp"
+  config.head.num_heads = 2
+  config.batch_size = 256
+  config.num_train_steps = 600
+  config.log_every = 100
+  config.checkpoint_every = 300
+  config.optimizer.learning_rate = 2e-3
+  if arg == "runlocal":
+    config.data.num_train = 2_000
+    config.data.num_test = 500
+    config.num_train_steps = 50
+    config.log_every = 10
+    config.checkpoint_every = 25
+  return config

@@ -1,0 +1,137 @@
+"""The one declaration of every config key, and config validation.
+
+Experiment configs (``configs/*.py``) start from :func:`base_config` and set
+values; they may not add keys. :func:`validate` rejects unknown keys (with
+the known ones listed) and values of the wrong kind before anything is built.
+
+Example::
+
+  config = base_config()
+  config.head.type = "mhc"
+  validate(config)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from mhe_jax import sharding
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key the trainer reads, with its default and meaning."""
+  c = ml_collections.ConfigDict()
+  c.name = "default"          # Experiment name, recorded in results.json.
+  c.seed = 0                  # Seeds init, data order, dropout and sampling.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "synthetic"   # Dataset: see mhe_jax.registry.DATASETS.
+  c.data.train = ""           # xc_files / arff_files: training file path.
+  c.data.test = ""            # xc_files / arff_files: test file path.
+  c.data.labels_xml = ""      # arff_files: Mulan XML naming the label attributes.
+  c.data.data_dir = ""        # Real data root; "" -> $MHE_DATA_DIR or ../shared/data.
+  c.data.multilabel = True    # synthetic: multi-label (True) or single-label.
+  c.data.num_classes = 10_000  # synthetic: number of labels C.
+  c.data.num_features = 20_000  # synthetic: bag-of-words vocabulary size.
+  c.data.num_train = 20_000   # synthetic: training examples.
+  c.data.num_test = 2_000     # synthetic: test examples.
+  c.data.zipf_exponent = 1.0  # synthetic: label frequency exponent.
+  c.data.context = 4          # shakespeare: previous tokens per example.
+  c.data.min_count = 1        # shakespeare: vocabulary minimum count.
+  c.data.validation_fraction = 0.0  # >0: evaluate on this tail of train, not test.
+  c.data.max_features = 0     # Padded features per example; 0 -> longest row.
+  c.data.max_labels = 0       # Padded labels per example; 0 -> longest row.
+
+  c.batch_size = 256          # Global training batch size.
+  c.eval_batch_size = 512     # Global evaluation batch size.
+  c.num_train_steps = 2000    # Optimiser steps.
+  c.log_every = 100           # Steps between training-metric writes.
+  c.eval_every = 0            # Steps between evaluations; 0 -> only at the end.
+  c.checkpoint_every = 500    # Steps between checkpoints; 0 -> only at the end.
+  c.keep_checkpoints = 3      # Checkpoints kept on disk.
+
+  c.encoder = ml_collections.ConfigDict()
+  c.encoder.type = "sparse_mlp"  # Encoder: see mhe_jax.registry.ENCODERS.
+  c.encoder.embed_dim = 256   # Embedding width of the bag / token embeddings.
+  c.encoder.hidden = (256,)   # Hidden widths of the MLP after the embedding.
+  c.encoder.dropout = 0.0     # Dropout rate in the MLP (training only).
+  c.encoder.tfidf = True      # sparse_mlp: weight feature values by idf.
+
+  c.head = ml_collections.ConfigDict()
+  c.head.type = "mhp"         # Head: see mhe_jax.registry.HEADS.
+  c.head.num_heads = 2        # MHE heads H (balanced radices).
+  c.head.radices = ()         # Explicit radices; () -> balanced for num_heads.
+  c.head.beam = 16            # mhc: prefixes kept per level.
+  c.head.hidden = 64          # mhc: prefix embedding / projection width.
+  c.head.num_sampled_groups = 64  # mhs: groups (of r_2.. classes) per step.
+  c.head.multilabel_loss = "bce"  # mhp multi-label loss: bce | softmax.
+  c.head.chunk_size = 0       # vanilla: class chunk; 0 -> the head's default.
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"   # adam | adamw | sgd.
+  c.optimizer.learning_rate = 1e-3  # Peak learning rate.
+  c.optimizer.schedule = "cosine"  # constant | cosine (decay to 0 at the end).
+  c.optimizer.warmup_steps = 0  # Linear warm-up steps.
+  c.optimizer.weight_decay = 0.0  # adamw decoupled weight decay.
+  c.optimizer.grad_clip = 0.0  # Global-norm clipping; 0 -> off.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.ks = (1, 3, 5)       # k of P@k, nDCG@k, PSP@k (acc@k single-label).
+  c.eval.propensity_a = 0.55  # PSP propensity A (Jain et al. 2016).
+  c.eval.propensity_b = 1.5   # PSP propensity B.
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1)      # Devices per axis; one -1 takes the rest.
+  c.mesh.axes = ("data", "classes")  # Mesh axis names.
+  c.mesh.axis_type = "explicit"  # explicit | auto.
+  c.mesh.rules = sharding.DEFAULT_RULES  # Logical name -> mesh axis.
+  return c
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for unknown keys or values of the wrong kind."""
+  known = _flatten(base_config())
+  given = _flatten(config)
+  for key, value in given.items():
+    if key not in known:
+      parent = key.rsplit(".", 1)[0] if "." in key else ""
+      siblings = sorted(k.rsplit(".", 1)[-1] for k in known
+                        if (k.rsplit(".", 1)[0] if "." in k else "") == parent)
+      raise ValueError(
+          f"unknown config key {key!r}; known keys"
+          f"{' under ' + repr(parent) if parent else ''}: {siblings}")
+    default = known[key]
+    if isinstance(default, bool):
+      ok = isinstance(value, bool)
+    elif isinstance(default, int):
+      ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+      ok = isinstance(value, str)
+    elif isinstance(default, (tuple, list)):
+      ok = isinstance(value, (tuple, list))
+    else:
+      ok = True
+    if not ok:
+      raise ValueError(f"config key {key!r} must be like {default!r} "
+                       f"({type(default).__name__}), got {value!r}")
+  for key in ("batch_size", "eval_batch_size", "num_train_steps"):
+    if config[key] < 1:
+      raise ValueError(f"config.{key} must be >= 1, got {config[key]}")
+  if not 0.0 <= config.data.validation_fraction < 1.0:
+    raise ValueError("config.data.validation_fraction must be in [0, 1), got "
+                     f"{config.data.validation_fraction}")

@@ -1,0 +1,308 @@
+"""Names -> components: datasets, encoders, heads, optimisers.
+
+Every component the trainer builds is chosen by name from a table here; an
+unknown name raises a ValueError listing the known ones (big_vision style).
+
+Example::
+
+  data = load_dataset(config.data, seed=0)          # a Dataset bundle
+  model = build_model(config, data, nnx.Rngs(0))    # encoder + head
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Any, Callable
+
+from flax import nnx
+import ml_collections
+import numpy as np
+import optax
+import scipy.sparse as sp
+
+from mhe_jax.data import formats
+from mhe_jax.data import pipeline
+from mhe_jax.data import synthetic
+from mhe_jax.data.corpus import Corpus
+from mhe_jax.nn import encoders
+from mhe_jax.nn import heads
+from mhe_jax.nn.models import Classifier
+from mhe_jax.ops.codec import LabelCodec
+
+
+def lookup(table: dict[str, Any], name: str, what: str) -> Any:
+  """``table[name]``, or a ValueError naming the known entries."""
+  if name not in table:
+    raise ValueError(f"unknown {what} {name!r}; known: {sorted(table)}")
+  return table[name]
+
+
+# ----------------------------------------------------------------- datasets
+@dataclasses.dataclass
+class Dataset:
+  """What the trainer needs to know about a dataset.
+
+  Attributes:
+    train: pipeline source of the training examples.
+    eval: pipeline source of the evaluation examples (test, or validation).
+    num_classes: C.
+    multilabel: labels are ``[B, L]`` sets (True) or ``[B]`` (False).
+    input_keys: batch keys fed to the encoder, in order.
+    input_size: number of input features (bag-of-words) or vocabulary size.
+    label_counts: int ``[C]`` training label frequencies (for PSP).
+    num_train: training examples.
+    idf: float32 ``[F]`` smooth idf of the training features, or None.
+    label_names: list of C names, or None.
+    eval_split: "test" or "validation".
+  """
+
+  train: Any
+  eval: Any
+  num_classes: int
+  multilabel: bool
+  input_keys: tuple[str, ...]
+  input_size: int
+  label_counts: np.ndarray
+  num_train: int
+  idf: np.ndarray | None = None
+  label_names: list[str] | None = None
+  eval_split: str = "test"
+
+
+def data_root(cfg: ml_collections.ConfigDict) -> pathlib.Path:
+  """config.data.data_dir, else $MHE_DATA_DIR, else ../shared/data."""
+  if cfg.data_dir:
+    return pathlib.Path(cfg.data_dir)
+  if os.environ.get("MHE_DATA_DIR"):
+    return pathlib.Path(os.environ["MHE_DATA_DIR"])
+  for base in (pathlib.Path.cwd(), pathlib.Path(__file__).resolve().parents[1]):
+    candidate = base.parent / "shared" / "data"
+    if candidate.is_dir():
+      return candidate
+  raise FileNotFoundError(
+      "real data not found: set config.data.data_dir or $MHE_DATA_DIR "
+      "(looked for ../shared/data)")
+
+
+def _split_validation(train: formats.XMCData, fraction: float):
+  """The last `fraction` of the training rows as a validation set."""
+  n = train.num_examples
+  cut = n - int(round(n * fraction))
+  if cut <= 0 or cut >= n:
+    raise ValueError(f"validation_fraction={fraction} leaves no train or "
+                     f"validation rows of {n}")
+  part = lambda m, a, b: sp.csr_matrix(m[a:b])
+  return (formats.XMCData(part(train.X, 0, cut), part(train.Y, 0, cut),
+                          train.label_names),
+          formats.XMCData(part(train.X, cut, n), part(train.Y, cut, n),
+                          train.label_names))
+
+
+def _xmc_dataset(train: formats.XMCData, test: formats.XMCData,
+                 cfg: ml_collections.ConfigDict, single_label: bool = False):
+  if train.num_labels != test.num_labels or train.num_features != test.num_features:
+    raise ValueError(
+        f"train has {train.num_features} features / {train.num_labels} labels "
+        f"but test has {test.num_features} / {test.num_labels}")
+  eval_split = "test"
+  if cfg.validation_fraction > 0:
+    train, test = _split_validation(train, cfg.validation_fraction)
+    eval_split = "validation"
+  widths = dict(max_features=cfg.max_features or None,
+                max_labels=cfg.max_labels or None)
+  longest_f = int(max(np.diff(train.X.indptr).max(), np.diff(test.X.indptr).max()))
+  longest_l = int(max(np.diff(train.Y.indptr).max(), np.diff(test.Y.indptr).max()))
+  widths["max_features"] = widths["max_features"] or max(longest_f, 1)
+  widths["max_labels"] = widths["max_labels"] or max(longest_l, 1)
+  counts = np.asarray(train.Y.sum(axis=0)).ravel().astype(np.int64)
+  return Dataset(
+      train=pipeline.SparseSource(train, single_label=single_label, **widths),
+      eval=pipeline.SparseSource(test, single_label=single_label, **widths),
+      num_classes=train.num_labels, multilabel=not single_label,
+      input_keys=("feature_ids", "feature_values"),
+      input_size=train.num_features, label_counts=counts,
+      num_train=train.num_examples,
+      idf=encoders.SparseMLPEncoder.idf_from_csr(train.X),
+      label_names=train.label_names, eval_split=eval_split)
+
+
+def _load_xc_files(cfg, seed):
+  del seed
+  if not cfg.train or not cfg.test:
+    raise ValueError("data.name='xc_files' needs --config.data.train=PATH and "
+                     "--config.data.test=PATH")
+  return _xmc_dataset(formats.read_xc(cfg.train), formats.read_xc(cfg.test), cfg)
+
+
+def _load_arff_files(cfg, seed):
+  del seed
+  if not cfg.train or not cfg.test or not cfg.labels_xml:
+    raise ValueError("data.name='arff_files' needs data.train, data.test and "
+                     "data.labels_xml")
+  read = lambda p: formats.read_arff(p, labels_xml=cfg.labels_xml)
+  return _xmc_dataset(read(cfg.train), read(cfg.test), cfg)
+
+
+def _named_xc(name):
+  def load(cfg, seed):
+    del seed
+    root = data_root(cfg) / name
+    return _xmc_dataset(formats.read_xc(root / "train.txt"),
+                        formats.read_xc(root / "test.txt"), cfg)
+  return load
+
+
+def _load_synthetic(cfg, seed):
+  kw = dict(num_classes=cfg.num_classes, num_features=cfg.num_features,
+            zipf_exponent=cfg.zipf_exponent, task_seed=seed)
+  if cfg.multilabel:
+    train = synthetic.make_multi_label(cfg.num_train, seed=1, **kw)
+    test = synthetic.make_multi_label(cfg.num_test, seed=2, **kw)
+  else:
+    train, _ = synthetic.make_single_label(cfg.num_train, seed=1, **kw)
+    test, _ = synthetic.make_single_label(cfg.num_test, seed=2, **kw)
+  return _xmc_dataset(train, test, cfg, single_label=not cfg.multilabel)
+
+
+def _load_shakespeare(cfg, seed):
+  del seed
+  path = (pathlib.Path(cfg.train) if cfg.train else
+          data_root(cfg) / "tinyshakespeare" / "input.txt")
+  corpus = Corpus.from_file(path, min_count=cfg.min_count)
+  train = pipeline.TokenSource.from_corpus(corpus, "train", cfg.context)
+  test = pipeline.TokenSource.from_corpus(corpus, "test", cfg.context)
+  eval_split = "test"
+  if cfg.validation_fraction > 0:
+    ids = corpus.split_ids("train")
+    cut = len(ids) - int(round(len(ids) * cfg.validation_fraction))
+    train = pipeline.TokenSource(ids[:cut], cfg.context)
+    test = pipeline.TokenSource(ids[cut:], cfg.context)
+    eval_split = "validation"
+  targets = corpus.split_ids("train")[cfg.context:]
+  counts = np.bincount(targets, minlength=corpus.num_classes).astype(np.int64)
+  return Dataset(
+      train=train, eval=test, num_classes=corpus.num_classes,
+      multilabel=False, input_keys=("features",),
+      input_size=corpus.num_classes, label_counts=counts,
+      num_train=len(train), label_names=list(corpus.vocab),
+      eval_split=eval_split)
+
+
+DATASETS: dict[str, Callable[[ml_collections.ConfigDict, int], Dataset]] = {
+    "synthetic": _load_synthetic,
+    "xc_files": _load_xc_files,
+    "arff_files": _load_arff_files,
+    "bibtex": _named_xc("bibtex"),
+    "delicious": _named_xc("delicious"),
+    "shakespeare": _load_shakespeare,
+}
+
+
+def load_dataset(cfg: ml_collections.ConfigDict, seed: int) -> Dataset:
+  return lookup(DATASETS, cfg.name, "dataset")(cfg, seed)
+
+
+# ----------------------------------------------------------------- encoders
+def _sparse_mlp(cfg, data: Dataset, rngs):
+  if data.input_keys != ("feature_ids", "feature_values"):
+    raise ValueError("encoder 'sparse_mlp' needs a bag-of-words dataset; "
+                     f"this one gives {data.input_keys}")
+  return encoders.SparseMLPEncoder(
+      data.input_size, cfg.embed_dim, tuple(cfg.hidden), dropout=cfg.dropout,
+      tfidf_idf=data.idf if cfg.tfidf else None, rngs=rngs)
+
+
+def _token_context(cfg, data: Dataset, rngs):
+  if data.input_keys != ("features",):
+    raise ValueError("encoder 'token_context' needs token contexts; this "
+                     f"dataset gives {data.input_keys}")
+  context = data.train.context
+  return encoders.TokenContextEncoder(data.input_size, context, cfg.embed_dim,
+                                      tuple(cfg.hidden), rngs=rngs)
+
+
+ENCODERS = {"sparse_mlp": _sparse_mlp, "token_context": _token_context}
+
+
+# -------------------------------------------------------------------- heads
+def make_codec(cfg: ml_collections.ConfigDict, num_classes: int) -> LabelCodec:
+  """The head's codec: explicit radices, or balanced for num_heads."""
+  if cfg.radices:
+    try:
+      return LabelCodec(tuple(cfg.radices), num_classes)
+    except ValueError as e:
+      raise ValueError(f"config.head.radices={tuple(cfg.radices)}: {e}") from None
+  return LabelCodec.balanced(num_classes, cfg.num_heads)
+
+
+def _vanilla(cfg, in_features, data: Dataset, rngs, mesh=None):
+  kw = {}
+  if cfg.chunk_size:
+    kw["chunk_size"] = cfg.chunk_size
+  return heads.VanillaHead(in_features, data.num_classes,
+                           multilabel=data.multilabel, mesh=mesh, rngs=rngs,
+                           **kw)
+
+
+def _mhp(cfg, in_features, data: Dataset, rngs, mesh=None):
+  return heads.MHPHead(in_features, make_codec(cfg, data.num_classes),
+                       multilabel=data.multilabel,
+                       multilabel_loss=cfg.multilabel_loss, rngs=rngs)
+
+
+def _mhc(cfg, in_features, data: Dataset, rngs, mesh=None):
+  return heads.MHCHead(in_features, make_codec(cfg, data.num_classes),
+                       beam=cfg.beam, hidden=cfg.hidden,
+                       multilabel=data.multilabel, rngs=rngs)
+
+
+def _mhs(cfg, in_features, data: Dataset, rngs, mesh=None):
+  return heads.MHSHead(in_features, make_codec(cfg, data.num_classes),
+                       cfg.num_sampled_groups, multilabel=data.multilabel,
+                       rngs=rngs)
+
+
+HEADS = {"vanilla": _vanilla, "mhp": _mhp, "mhc": _mhc, "mhs": _mhs}
+
+
+def build_model(config: ml_collections.ConfigDict, data: Dataset,
+                rngs: nnx.Rngs, mesh=None) -> Classifier:
+  """Encoder + head from the config."""
+  encoder = lookup(ENCODERS, config.encoder.type, "encoder")(
+      config.encoder, data, rngs)
+  head = lookup(HEADS, config.head.type, "head")(
+      config.head, encoder.out_features, data, rngs, mesh)
+  return Classifier(encoder, head, data.input_keys)
+
+
+# --------------------------------------------------------------- optimisers
+def _schedule(cfg, num_steps):
+  if cfg.schedule == "constant":
+    decay = optax.constant_schedule(cfg.learning_rate)
+  elif cfg.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(cfg.learning_rate,
+                                        max(num_steps - cfg.warmup_steps, 1))
+  else:
+    raise ValueError(f"unknown learning-rate schedule {cfg.schedule!r}; "
+                     "known: ['constant', 'cosine']")
+  if cfg.warmup_steps:
+    warm = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    return optax.join_schedules([warm, decay], [cfg.warmup_steps])
+  return decay
+
+
+OPTIMIZERS = {
+    "adam": lambda cfg, lr: optax.adam(lr),
+    "adamw": lambda cfg, lr: optax.adamw(lr, weight_decay=cfg.weight_decay),
+    "sgd": lambda cfg, lr: optax.sgd(lr, momentum=0.9),
+}
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict,
+                   num_steps: int) -> optax.GradientTransformation:
+  tx = lookup(OPTIMIZERS, cfg.name, "optimizer")(cfg, _schedule(cfg, num_steps))
+  if cfg.grad_clip:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+  return tx

@@ -1,0 +1,260 @@
+"""The one trainer: ``train_and_evaluate(config, workdir)``.
+
+Builds the mesh, dataset, model (encoder + head, chosen by name) and optax
+optimiser from an ``ml_collections`` config (see :mod:`mhe_jax.config_lib`
+for every key), creates the state already sharded (``nnx.eval_shape`` ->
+logical partition specs -> ``NamedSharding`` -> ``jit(init,
+out_shardings=...)``), trains with a jitted, donating
+``train_step(state, batch, rng)`` whose rng is ``fold_in(key, step)``,
+checkpoints with orbax (resuming automatically from the newest readable
+checkpoint in ``workdir``), evaluates by decoding straight to top-k labels,
+and writes ``workdir/results.json``.
+
+Example::
+
+  from configs import default
+  results = train_and_evaluate(default.get_config(), "/tmp/mhe")
+  results["P@1"]
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+from absl import logging
+from clu import parameter_overview
+from flax import nnx
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mhe_jax import checkpointing
+from mhe_jax import config_lib
+from mhe_jax import metrics as metrics_lib
+from mhe_jax import registry
+from mhe_jax import sharding as sharding_lib
+from mhe_jax import writers
+from mhe_jax.data import pipeline
+
+
+def _mesh_and_rules(config):
+  axes = tuple(config.mesh.axes)
+  for required in ("data", "classes"):
+    if required not in axes:
+      raise ValueError(f"config.mesh.axes={axes} must contain {required!r}")
+  mesh = sharding_lib.make_mesh(tuple(config.mesh.shape), axes,
+                                axis_type=config.mesh.axis_type)
+  rules = tuple((str(a), None if b is None else str(b))
+                for a, b in config.mesh.rules)
+  for _, axis in rules:
+    if axis is not None and axis not in axes:
+      raise ValueError(f"config.mesh.rules maps to mesh axis {axis!r}, which "
+                       f"is not in config.mesh.axes={axes}")
+  sharding_lib.check_divisible(config.batch_size, mesh, rules, "batch_size")
+  sharding_lib.check_divisible(config.eval_batch_size, mesh, rules,
+                               "eval_batch_size")
+  return mesh, rules
+
+
+def _param_count(state: nnx.State) -> int:
+  """Trainable parameters (nnx.Param leaves) of the model in a state."""
+  model_state = state[0]  # state of (model, optimizer)
+  return int(sum(np.prod(x.shape)
+                 for x in jax.tree.leaves(model_state.filter(nnx.Param))))
+
+
+class Trainer:
+  """Holds what train_and_evaluate builds; tests may drive it step by step."""
+
+  def __init__(self, config: ml_collections.ConfigDict,
+               workdir: str | pathlib.Path):
+    config_lib.validate(config)
+    self.config = config
+    self.workdir = pathlib.Path(workdir)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.mesh, self.rules = _mesh_and_rules(config)
+    self.data = registry.load_dataset(config.data, config.seed)
+    if config.head.type != "vanilla":
+      registry.make_codec(config.head, self.data.num_classes)  # fail early
+    self.ks = tuple(int(k) for k in config.eval.ks)
+    if not self.ks or min(self.ks) < 1:
+      raise ValueError(f"config.eval.ks must be positive, got {self.ks}")
+    self.k_max = min(max(self.ks), self.data.num_classes)
+    self.tx = registry.make_optimizer(config.optimizer, config.num_train_steps)
+
+    def create():
+      model = registry.build_model(config, self.data, nnx.Rngs(config.seed),
+                                   mesh=self.mesh)
+      return model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)
+
+    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+      abstract = nnx.eval_shape(create)
+    with jax.set_mesh(self.mesh):
+      self.graphdef, abstract_state = nnx.split(abstract)
+      logical = nnx.get_partition_spec(abstract_state)
+      self.state_shardings = sharding_lib.tree_shardings(
+          logical, self.mesh, self.rules)
+      self.abstract_state = jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+          abstract_state, self.state_shardings)
+      self._init = jax.jit(lambda: nnx.split(create())[1],
+                           out_shardings=self.state_shardings)
+    self.num_params = _param_count(abstract_state)
+    self.checkpointer = checkpointing.Checkpointer(
+        self.workdir / "checkpoints", keep=config.keep_checkpoints)
+    self._train_step = jax.jit(self._step, donate_argnums=0,
+                               out_shardings=(self.state_shardings, None))
+    self._predict = jax.jit(self._topk)
+
+  # ------------------------------------------------------------ jitted fns
+  def _step(self, state, batch, rng):
+    model, optimizer = nnx.merge(self.graphdef, state)
+    loss, grads = nnx.value_and_grad(
+        lambda m: m.loss(batch, rng=rng, train=True))(model)
+    optimizer.update(model, grads)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return nnx.state((model, optimizer)), metrics
+
+  def _topk(self, state, batch):
+    model, _ = nnx.merge(self.graphdef, state)
+    return model.topk(batch, self.k_max)[1]
+
+  # --------------------------------------------------------------- helpers
+  def init_state(self):
+    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+      return self._init()
+
+  def device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    out = {}
+    for key, value in batch.items():
+      if key == "index":
+        continue
+      sh = sharding_lib.batch_sharding(self.mesh, self.rules, value.ndim)
+      out[key] = jax.make_array_from_process_local_data(sh, value)
+    return out
+
+  def train_step(self, state, batch, step: int):
+    rng = jax.random.fold_in(jax.random.key(self.config.seed), step)
+    with jax.set_mesh(self.mesh):
+      return self._train_step(state, self.device_batch(batch), rng)
+
+  def evaluate(self, state) -> dict[str, float]:
+    """Top-k decode of the eval split, metrics merged over all batches."""
+    inv_p = metrics_lib.inverse_propensity(
+        self.data.label_counts, self.data.num_train,
+        A=self.config.eval.propensity_a, B=self.config.eval.propensity_b)
+    acc = metrics_lib.XMCMetrics(
+        ks=tuple(k for k in self.ks if k <= self.k_max),
+        inv_propensity=inv_p if self.data.multilabel else None,
+        num_labels=self.data.num_classes)
+    loader = pipeline.eval_loader(self.data.eval, self.config.eval_batch_size,
+                                  num_threads=0)
+    for batch in loader:
+      dev = self.device_batch(batch)
+      with jax.set_mesh(self.mesh):
+        pred = self._predict(state, dev)
+      if jax.process_count() > 1:
+        pred, labels, mask = multihost_utils.process_allgather(
+            (pred, dev["labels"], dev["mask"]), tiled=True)
+      else:
+        labels, mask = batch["labels"], batch["mask"]
+      acc.update(np.asarray(pred), np.asarray(labels), mask=np.asarray(mask))
+    return acc.compute()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains, checkpoints and evaluates; returns (and writes) the results."""
+  writers.quiet_library_logs()
+  trainer = Trainer(config, workdir)
+  workdir = trainer.workdir
+  writer = writers.create_writer(workdir)
+  num_steps = config.num_train_steps
+
+  train_iter = iter(pipeline.train_loader(trainer.data.train, config.batch_size,
+                                          seed=config.seed))
+  restored = trainer.checkpointer.restore_latest(trainer.abstract_state)
+  if restored is None:
+    state, step = trainer.init_state(), 0
+    logging.info("no checkpoint in %s: starting from step 0", workdir)
+    if jax.process_index() == 0:
+      logging.info("parameters of %s:\n%s", config.name,
+                   parameter_overview.get_parameter_overview(
+                       state[0].filter(nnx.Param).to_pure_dict(),
+                       include_stats=False))
+  else:
+    step, state, data_state = restored
+    train_iter.set_state(data_state)
+    logging.info("resumed from checkpoint %d in %s", step, workdir)
+  writer.write_scalars(step, {"num_params": trainer.num_params})
+
+  progress = writers.Progress(num_steps, first_step=step)
+  first_step = step
+  losses = []
+  eval_results: dict[str, float] = {}
+  last_saved = step if restored else -1
+  other_time = compile_time = 0.0  # eval + checkpoints; the first step
+  loop_start = time.perf_counter()
+  while step < num_steps:
+    state, step_metrics = trainer.train_step(state, next(train_iter), step)
+    losses.append(step_metrics["loss"])
+    step += 1
+    if step == first_step + 1:  # exclude compilation from the throughput
+      jax.block_until_ready(state)
+      compile_time = time.perf_counter() - loop_start
+    if step % config.log_every == 0 or step == num_steps:
+      loss = float(jnp.mean(jnp.stack(losses)))
+      losses = []
+      rate = progress.update(step)
+      writer.write_scalars(step, {
+          "train/loss": loss,
+          "train/grad_norm": float(step_metrics["grad_norm"]),
+          "train/steps_per_sec": rate["steps_per_sec"]})
+      if not np.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss} at step {step}")
+    t0 = time.perf_counter()
+    if config.eval_every and step % config.eval_every == 0 and step < num_steps:
+      eval_results = trainer.evaluate(state)
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_results.items()})
+    if config.checkpoint_every and step % config.checkpoint_every == 0:
+      trainer.checkpointer.save(step, state, train_iter.get_state())
+      last_saved = step
+    other_time += time.perf_counter() - t0
+  jax.block_until_ready(state)
+  train_time = time.perf_counter() - loop_start - other_time
+  if last_saved != step:
+    trainer.checkpointer.save(step, state, train_iter.get_state())
+  eval_results = trainer.evaluate(state)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_results.items()})
+
+  trained = step - first_step
+  results = {
+      "config": config.name,
+      "dataset": config.data.name,
+      "eval_split": trainer.data.eval_split,
+      "head": config.head.type,
+      "encoder": config.encoder.type,
+      "num_classes": trainer.data.num_classes,
+      "multilabel": trainer.data.multilabel,
+      "steps": step,
+      "train_seconds": train_time,
+      "compile_seconds": compile_time,
+      "train_examples_per_second": (
+          (trained - 1) * config.batch_size / (train_time - compile_time)
+          if trained > 1 and train_time > compile_time else None),
+      "num_params": trainer.num_params,
+      "num_devices": jax.device_count(),
+      "num_processes": jax.process_count(),
+      **eval_results,
+  }
+  if jax.process_index() == 0:
+    (workdir / "results.json").write_text(json.dumps(results, indent=1))
+  writer.close()
+  trainer.checkpointer.close()
+  return results
