@@ -70,7 +70,6 @@ import scipy.sparse as sp
 
 ArrayLike = jax.typing.ArrayLike
 
-_KERNEL_INIT = nnx.initializers.lecun_normal()
 _RELU_INIT = nnx.initializers.he_normal()
 _ZEROS = nnx.initializers.zeros_init()
 _ONES = nnx.initializers.ones_init()
@@ -183,7 +182,10 @@ class SparseMLPEncoder(nnx.Module):
      dense weighted matrix ``X_w`` ``[B, num_features]``. It is computed as
      a gather ``E[ids]`` ``[B, F, D]`` and an einsum with ``w``; this is
      cheap for the ``F`` of bag-of-words XMC (a few hundred; Bibtex's longest
-     row is ~300) and its gradient is a scatter-add into the touched rows.
+     row is ~300): the gathered block holds ``B * F * D`` floats (80 MB for
+     ``B=256, F=300, D=256``), and the gradient is a scatter-add into the
+     touched rows only. Feature ids ``>= V`` are not checked (under jit the
+     gather clamps them).
   4. MLP (:class:`MLP`): ``Linear -> [LayerNorm] -> ReLU -> [Dropout]`` per
      ``hidden`` width; ``out_features = hidden[-1]`` (``embed_dim`` with
      ``hidden=()``, the bag itself).
