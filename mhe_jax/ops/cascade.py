@@ -129,11 +129,25 @@ def is_member(codes: ArrayLike, sets: ArrayLike) -> jax.Array:
   """
   codes = jnp.asarray(codes, jnp.int32)
   sets = jnp.asarray(sets, jnp.int32)
+  num = sets.shape[-1]
+  if num == 0:
+    return jnp.zeros_like(codes, dtype=bool)
   sorted_bl = jnp.sort(jnp.where(sets < 0, _INT_MAX, sets), axis=-1)
-  pos_bn = jax.vmap(jnp.searchsorted)(sorted_bl, codes)
-  pos_bn = jnp.minimum(pos_bn, sets.shape[-1] - 1)
-  return (jnp.take_along_axis(sorted_bl, pos_bn, axis=-1) == codes) & (
-      codes >= 0)
+  # Binary search for the number of set entries below each code, written with
+  # batched gathers rather than vmap(searchsorted) so that batch-sharded
+  # inputs on an Explicit mesh stay sharded.
+  below_bn = jnp.zeros_like(codes)
+  step = 1 << (num.bit_length() - 1)
+  while step:
+    probe_bn = below_bn + step
+    value_bn = jnp.take_along_axis(
+        sorted_bl, jnp.minimum(probe_bn, num) - 1, axis=-1)
+    below_bn = jnp.where((probe_bn <= num) & (value_bn < codes), probe_bn,
+                         below_bn)
+    step //= 2
+  found_bn = jnp.take_along_axis(
+      sorted_bl, jnp.minimum(below_bn, num - 1), axis=-1) == codes
+  return found_bn & (below_bn < num) & (codes >= 0)
 
 
 def select(codes: ArrayLike, scores: ArrayLike, width: int, *,
@@ -222,8 +236,9 @@ def cascade_search(first_logits: ArrayLike, child_logits: ChildLogitsFn,
     s = codec.strides[level - 1]
     return jnp.where(forced >= 0, forced // s, -1)
 
-  codes_bn = jnp.broadcast_to(
-      jnp.arange(codec.radices[0], dtype=jnp.int32), (b, codec.radices[0]))
+  # Sharded like first_logits (a batch-sharded Explicit mesh needs that).
+  codes_bn = (jnp.zeros_like(first_logits, dtype=jnp.int32) +
+              jnp.arange(codec.radices[0], dtype=jnp.int32))
   logp_bn = level_log_probs(jax.lax.stop_gradient(first_logits), codes_bn,
                             codec, 1, multilabel=multilabel)
   prefix_bw, score_bw = select(codes_bn, logp_bn, widths[0],
