@@ -205,6 +205,29 @@ def test_logical_axis_names():
   assert "idf" not in nnx.state(enc, nnx.Param)
 
 
+def test_bfloat16_compute_close_to_float32():
+  ids, values, _ = padded_batch()
+  tokens = np.random.default_rng(0).integers(0, V, (5, 3)).astype(np.int32)
+  images = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+  for make, inputs in [
+      (lambda dt: SparseMLPEncoder(V, D, HIDDEN, tfidf_idf=np.ones(V),
+                                   layer_norm=True, dtype=dt,
+                                   rngs=nnx.Rngs(0)), (ids, values)),
+      (lambda dt: TokenContextEncoder(V, 3, D, HIDDEN, dtype=dt,
+                                      rngs=nnx.Rngs(0)), (tokens,)),
+      (lambda dt: ResNet((1, 1), (4, 4), in_channels=4, dtype=dt,
+                         rngs=nnx.Rngs(0)), (images,)),
+  ]:
+    low = make(jnp.bfloat16)
+    out_low = apply(low, *inputs)
+    out = apply(make(jnp.float32), *inputs)
+    assert out_low.dtype == jnp.bfloat16 and out.dtype == jnp.float32
+    np.testing.assert_allclose(out_low.astype(np.float32), out, rtol=5e-2,
+                               atol=5e-2)
+    params = jax.tree.leaves(nnx.state(low, nnx.Param))
+    assert all(p.dtype == jnp.float32 for p in params)
+
+
 # ---------------------------------------------------------------- sharding
 
 

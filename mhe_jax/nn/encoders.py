@@ -3,8 +3,9 @@
 The encoders turn a batch's inputs into the features a head
 (:mod:`mhe_jax.nn.mhp`, :mod:`mhe_jax.nn.mhc`) classifies. Each one is an
 ``nnx.Module`` with ``__init__(..., *, rngs)``, an ``out_features`` attribute
-and ``__call__(inputs, *, train=False) -> features_bo`` float32
-``[B, out_features]``; ``train=True`` turns dropout on (drawing from the
+and ``__call__(inputs, *, train=False) -> features_bo`` ``[B, out_features]``
+(float32, or the ``dtype`` given for mixed precision; parameters are always
+float32); ``train=True`` turns dropout on (drawing from the
 ``'dropout'`` stream of the ``rngs`` given at construction).
 
 * :class:`SparseMLPEncoder` for bag-of-words XMC batches (``"feature_ids"``
@@ -123,12 +124,13 @@ class MLP(nnx.Module):
       empty).
     dropout: dropout rate after each ReLU (active only with ``train=True``).
     layer_norm: LayerNorm between each Linear and its ReLU.
+    dtype: computation and output dtype (parameters stay float32).
     rngs: ``params`` for the weights, ``dropout`` for dropout masks.
   """
 
   def __init__(self, in_features: int, hidden: Sequence[int], *,
                dropout: float = 0.0, layer_norm: bool = False,
-               rngs: nnx.Rngs):
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     hidden = tuple(int(h) for h in hidden)
     if any(h < 1 for h in hidden):
       raise ValueError(f"hidden widths must be >= 1, got {hidden}")
@@ -141,19 +143,22 @@ class MLP(nnx.Module):
       linears.append(nnx.Linear(
           d_in, d_out,
           kernel_init=_partitioned(_RELU_INIT, names),
-          bias_init=_partitioned(_ZEROS, names[1:]), rngs=rngs))
+          bias_init=_partitioned(_ZEROS, names[1:]), dtype=dtype,
+          rngs=rngs))
       if layer_norm:
         norms.append(nnx.LayerNorm(
             d_out, scale_metadata=_axis_metadata(names[1:]),
-            bias_metadata=_axis_metadata(names[1:]), rngs=rngs))
+            bias_metadata=_axis_metadata(names[1:]), dtype=dtype,
+            rngs=rngs))
     self.linears = nnx.List(linears)
     self.norms = nnx.List(norms)
     self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
     self.out_features = widths[-1]
+    self.dtype = dtype
 
   def __call__(self, x_bd: ArrayLike, *, train: bool = False) -> jax.Array:
-    """``[B, d] -> [B, out_features]``."""
-    x_bd = jnp.asarray(x_bd, jnp.float32)
+    """``[B, d] -> [B, out_features]`` in ``dtype``."""
+    x_bd = jnp.asarray(x_bd, self.dtype)
     for i, linear in enumerate(self.linears):
       x_bd = linear(x_bd)
       if self.norms:
@@ -200,6 +205,10 @@ class SparseMLPEncoder(nnx.Module):
       :class:`Idf` variable (not trained).
     normalize: L2-normalise each example's (weighted) values.
     layer_norm: LayerNorm before each MLP ReLU.
+    dtype: computation and output dtype, e.g. ``jnp.bfloat16`` on GPU/TPU.
+      Parameters stay float32; the weights (idf, normalisation) are computed
+      in float32, the gathered embedding rows are cast to ``dtype`` and the
+      bag is accumulated in float32.
     rngs: ``params``, and ``dropout`` when ``dropout > 0``.
 
   Parameters: ``embedding`` ``[V, D]`` ``('vocab', 'embed')``, initialised
@@ -210,7 +219,8 @@ class SparseMLPEncoder(nnx.Module):
   def __init__(self, num_features: int, embed_dim: int,
                hidden: Sequence[int] = (), *, dropout: float = 0.0,
                tfidf_idf: ArrayLike | None = None, normalize: bool = True,
-               layer_norm: bool = False, rngs: nnx.Rngs):
+               layer_norm: bool = False, dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
     if num_features < 1 or embed_dim < 1:
       raise ValueError(f"num_features and embed_dim must be >= 1, got "
                        f"{num_features}, {embed_dim}")
@@ -230,8 +240,9 @@ class SparseMLPEncoder(nnx.Module):
         raise ValueError(f"tfidf_idf must have shape ({num_features},), got "
                          f"{idf_v.shape}")
       self.idf = Idf(idf_v, **_axis_metadata(("vocab",)))
+    self.dtype = dtype
     self.mlp = MLP(embed_dim, hidden, dropout=dropout, layer_norm=layer_norm,
-                   rngs=rngs)
+                   dtype=dtype, rngs=rngs)
     self.out_features = self.mlp.out_features
 
   @staticmethod
@@ -278,8 +289,9 @@ class SparseMLPEncoder(nnx.Module):
     if self.normalize:
       norm_b1 = jnp.sqrt(jnp.sum(w_bf * w_bf, axis=-1, keepdims=True))
       w_bf = w_bf / jnp.where(norm_b1 > 0, norm_b1, 1.0)
-    emb_bfd = _take_rows(self.embedding[...], safe_bf)
-    return jnp.einsum("bf,bfd->bd", w_bf, emb_bfd)
+    emb_bfd = _take_rows(self.embedding[...], safe_bf).astype(self.dtype)
+    return jnp.einsum("bf,bfd->bd", w_bf.astype(self.dtype), emb_bfd,
+                      preferred_element_type=jnp.float32)
 
   def __call__(self, feature_ids: ArrayLike, feature_values: ArrayLike, *,
                train: bool = False) -> jax.Array:
@@ -291,7 +303,7 @@ class SparseMLPEncoder(nnx.Module):
       train: enable dropout.
 
     Returns:
-      float32 ``[B, out_features]``.
+      ``[B, out_features]`` in ``dtype``.
     """
     return self.mlp(self.bag(feature_ids, feature_values), train=train)
 
@@ -315,6 +327,7 @@ class TokenContextEncoder(nnx.Module):
     dropout: dropout rate after the embeddings and each MLP ReLU, only with
       ``train=True``.
     layer_norm: LayerNorm before each MLP ReLU.
+    dtype: computation and output dtype (parameters stay float32).
     rngs: ``params``, and ``dropout`` when ``dropout > 0``.
 
   Parameters: ``embedding`` ``[V, D]`` ``('vocab', 'embed')``, ``N(0, 1)``
@@ -323,7 +336,8 @@ class TokenContextEncoder(nnx.Module):
 
   def __init__(self, vocab_size: int, context: int, embed_dim: int,
                hidden: Sequence[int] = (), *, dropout: float = 0.0,
-               layer_norm: bool = False, rngs: nnx.Rngs):
+               layer_norm: bool = False, dtype: jnp.dtype = jnp.float32,
+               rngs: nnx.Rngs):
     if vocab_size < 1 or context < 1 or embed_dim < 1:
       raise ValueError(f"vocab_size, context and embed_dim must be >= 1, got "
                        f"{vocab_size}, {context}, {embed_dim}")
@@ -334,8 +348,9 @@ class TokenContextEncoder(nnx.Module):
     self.embedding = nnx.Param(
         init(rngs.params(), (vocab_size, embed_dim), jnp.float32))
     self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+    self.dtype = dtype
     self.mlp = MLP(context * embed_dim, hidden, dropout=dropout,
-                   layer_norm=layer_norm, rngs=rngs)
+                   layer_norm=layer_norm, dtype=dtype, rngs=rngs)
     self.out_features = self.mlp.out_features
 
   def __call__(self, tokens: ArrayLike, *, train: bool = False) -> jax.Array:
@@ -346,7 +361,7 @@ class TokenContextEncoder(nnx.Module):
       train: enable dropout.
 
     Returns:
-      float32 ``[B, out_features]``.
+      ``[B, out_features]`` in ``dtype``.
     """
     tokens_bn = jnp.asarray(tokens)
     if not jnp.issubdtype(tokens_bn.dtype, jnp.integer):
@@ -354,7 +369,7 @@ class TokenContextEncoder(nnx.Module):
     if tokens_bn.ndim != 2 or tokens_bn.shape[1] != self.context:
       raise ValueError(f"tokens must be [B, {self.context}], got "
                        f"{tokens_bn.shape}")
-    emb_bnd = _take_rows(self.embedding[...], tokens_bn)
+    emb_bnd = _take_rows(self.embedding[...], tokens_bn).astype(self.dtype)
     x_bk = emb_bnd.reshape(tokens_bn.shape[0], -1)
     if self.dropout is not None:
       x_bk = self.dropout(x_bk, deterministic=not train)
@@ -369,19 +384,19 @@ def _num_groups(channels: int, max_groups: int) -> int:
   return 1
 
 
-def _conv(d_in: int, d_out: int, kernel: int, stride: int,
+def _conv(d_in: int, d_out: int, kernel: int, stride: int, dtype: jnp.dtype,
           rngs: nnx.Rngs) -> nnx.Conv:
   return nnx.Conv(
       d_in, d_out, (kernel, kernel), strides=stride, padding="SAME",
-      use_bias=False,
+      use_bias=False, dtype=dtype,
       kernel_init=_partitioned(_RELU_INIT, (None, None, "conv_in", "conv_out")),
       rngs=rngs)
 
 
-def _group_norm(channels: int, max_groups: int, rngs: nnx.Rngs, *,
-                zero_scale: bool = False) -> nnx.GroupNorm:
+def _group_norm(channels: int, max_groups: int, dtype: jnp.dtype,
+                rngs: nnx.Rngs, *, zero_scale: bool = False) -> nnx.GroupNorm:
   return nnx.GroupNorm(
-      channels, num_groups=_num_groups(channels, max_groups),
+      channels, num_groups=_num_groups(channels, max_groups), dtype=dtype,
       scale_init=_ZEROS if zero_scale else _ONES,
       scale_metadata=_axis_metadata(("conv_out",)),
       bias_metadata=_axis_metadata(("conv_out",)), rngs=rngs)
@@ -397,14 +412,14 @@ class BasicBlock(nnx.Module):
   """
 
   def __init__(self, d_in: int, d_out: int, stride: int, max_groups: int,
-               *, rngs: nnx.Rngs):
-    self.conv1 = _conv(d_in, d_out, 3, stride, rngs)
-    self.norm1 = _group_norm(d_out, max_groups, rngs)
-    self.conv2 = _conv(d_out, d_out, 3, 1, rngs)
-    self.norm2 = _group_norm(d_out, max_groups, rngs, zero_scale=True)
+               *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+    self.conv1 = _conv(d_in, d_out, 3, stride, dtype, rngs)
+    self.norm1 = _group_norm(d_out, max_groups, dtype, rngs)
+    self.conv2 = _conv(d_out, d_out, 3, 1, dtype, rngs)
+    self.norm2 = _group_norm(d_out, max_groups, dtype, rngs, zero_scale=True)
     if stride != 1 or d_in != d_out:
-      self.proj = _conv(d_in, d_out, 1, stride, rngs)
-      self.proj_norm = _group_norm(d_out, max_groups, rngs)
+      self.proj = _conv(d_in, d_out, 1, stride, dtype, rngs)
+      self.proj_norm = _group_norm(d_out, max_groups, dtype, rngs)
     else:
       self.proj = None
       self.proj_norm = None
@@ -440,11 +455,14 @@ class ResNet(nnx.Module):
     in_channels: ``C`` of the input images.
     max_groups: GroupNorm uses the largest divisor of the width not above
       this (32 by default, Wu & He 2018).
+    dtype: computation and output dtype (parameters stay float32; the
+      GroupNorm statistics and the final pooling are computed in float32).
     rngs: ``params``.
   """
 
   def __init__(self, num_blocks: Sequence[int], widths: Sequence[int], *,
-               in_channels: int = 3, max_groups: int = 32, rngs: nnx.Rngs):
+               in_channels: int = 3, max_groups: int = 32,
+               dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
     num_blocks = tuple(int(n) for n in num_blocks)
     widths = tuple(int(w) for w in widths)
     if not widths or len(num_blocks) != len(widths):
@@ -454,14 +472,16 @@ class ResNet(nnx.Module):
       raise ValueError(f"num_blocks and widths must be >= 1, got "
                        f"{num_blocks} and {widths}")
     self.in_channels = in_channels
-    self.stem = _conv(in_channels, widths[0], 3, 1, rngs)
-    self.stem_norm = _group_norm(widths[0], max_groups, rngs)
+    self.dtype = dtype
+    self.stem = _conv(in_channels, widths[0], 3, 1, dtype, rngs)
+    self.stem_norm = _group_norm(widths[0], max_groups, dtype, rngs)
     blocks = []
     d_in = widths[0]
     for s, (n, d_out) in enumerate(zip(num_blocks, widths)):
       for i in range(n):
         stride = 2 if s > 0 and i == 0 else 1
-        blocks.append(BasicBlock(d_in, d_out, stride, max_groups, rngs=rngs))
+        blocks.append(BasicBlock(d_in, d_out, stride, max_groups, dtype=dtype,
+                                 rngs=rngs))
         d_in = d_out
     self.blocks = nnx.List(blocks)
     self.out_features = widths[-1]
@@ -470,18 +490,18 @@ class ResNet(nnx.Module):
     """Encodes images.
 
     Args:
-      images: ``[B, H, W, C]`` (NHWC), any real dtype; cast to float32.
+      images: ``[B, H, W, C]`` (NHWC), any real dtype; cast to ``dtype``.
       train: unused (no dropout or batch statistics); for the interface.
 
     Returns:
-      float32 ``[B, out_features]``.
+      ``[B, out_features]`` in ``dtype``.
     """
     del train
-    x_bhwc = jnp.asarray(images, jnp.float32)
+    x_bhwc = jnp.asarray(images, self.dtype)
     if x_bhwc.ndim != 4 or x_bhwc.shape[-1] != self.in_channels:
       raise ValueError(f"images must be [B, H, W, {self.in_channels}], got "
                        f"{x_bhwc.shape}")
     x_bhwc = jax.nn.relu(self.stem_norm(self.stem(x_bhwc)))
     for block in self.blocks:
       x_bhwc = block(x_bhwc)
-    return x_bhwc.mean(axis=(1, 2))
+    return x_bhwc.mean(axis=(1, 2), dtype=jnp.float32).astype(self.dtype)
