@@ -174,7 +174,8 @@ def select(codes: ArrayLike, scores: ArrayLike, width: int, *,
     return jnp.take_along_axis(codes, idx_bw, axis=-1), top_bw
   rank_bn = (~is_member(codes, forced)).astype(jnp.int32)  # 0 = forced
   _, _, codes_s, scores_s = jax.lax.sort(
-      (rank_bn, -scores, codes, scores), dimension=-1, num_keys=2)
+      (rank_bn, -scores, codes, scores), dimension=-1, is_stable=True,
+      num_keys=2)
   return codes_s[:, :width], scores_s[:, :width]
 
 
