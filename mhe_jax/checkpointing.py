@@ -6,7 +6,8 @@ target) and the data iterator's JSON state. Orbax writes each step into a
 temporary directory and renames it when complete, so a crash mid-save leaves
 the previous checkpoints intact. :meth:`Checkpointer.restore_latest` walks
 back from the newest step and skips (with a warning) any checkpoint that
-fails to restore, e.g. one damaged on disk.
+fails to restore, e.g. one damaged on disk; it is renamed to
+``<step>.unreadable`` (kept, not deleted) so that step can be saved again.
 
 Example::
 
@@ -116,11 +117,29 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         # A damaged or partial checkpoint: say so and fall back to an older
         # one rather than losing the run.
-        logging.warning("checkpoint %d in %s is unreadable, skipping it: %s: %s",
-                        step, self.directory, type(e).__name__, e)
+        aside = self._set_aside(step)
+        logging.warning(
+            "checkpoint %d in %s is unreadable, skipping it (moved to %s): "
+            "%s: %s", step, self.directory, aside, type(e).__name__, e)
         continue
       return step, state, dict(restored["data"])
     return None
+
+  def _set_aside(self, step: int) -> pathlib.Path:
+    """Renames an unreadable step directory so the step can be saved again.
+
+    Nothing is deleted: the damaged files stay for inspection.
+    """
+    src = self.directory / str(step)
+    dst = self.directory / f"{step}.unreadable"
+    n = 1
+    while dst.exists():
+      n += 1
+      dst = self.directory / f"{step}.unreadable{n}"
+    if jax.process_index() == 0 and src.exists():
+      src.rename(dst)
+    self.manager.reload()
+    return dst
 
   def close(self) -> None:
     self.manager.close()

@@ -66,7 +66,7 @@ def _param_count(state: nnx.State) -> int:
   """Trainable parameters (nnx.Param leaves) of the model in a state."""
   model_state = state[0]  # state of (model, optimizer)
   return int(sum(np.prod(x.shape)
-                 for x in jax.tree.leaves(model_state.filter(nnx.Param))))
+                 for x in jax.tree.leaves(nnx.filter_state(model_state, nnx.Param))))
 
 
 class Trainer:
@@ -118,7 +118,7 @@ class Trainer:
     loss, grads = nnx.value_and_grad(
         lambda m: m.loss(batch, rng=rng, train=True))(model)
     optimizer.update(model, grads)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     return nnx.state((model, optimizer)), metrics
 
   def _topk(self, state, batch):
@@ -186,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if jax.process_index() == 0:
       logging.info("parameters of %s:\n%s", config.name,
                    parameter_overview.get_parameter_overview(
-                       state[0].filter(nnx.Param).to_pure_dict(),
+                       nnx.to_pure_dict(nnx.filter_state(state[0], nnx.Param)),
                        include_stats=False))
   else:
     step, state, data_state = restored
