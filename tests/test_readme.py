@@ -18,6 +18,8 @@ def test_python_blocks_run(shared_data):
 
 def test_readme_commands_match_ci():
   text = (REPO_ROOT / "README.md").read_text()
+  assert ("python -m mhe_jax.main --config=configs/default.py "
+          "--workdir=/tmp/mhe_default") in text
   ci = (REPO_ROOT / ".ci" / "run").read_text()
   test_cmd = 'pip install -e ".[test]" && python -m pytest -q'
   assert test_cmd in text and test_cmd in ci
