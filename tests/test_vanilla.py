@@ -1,0 +1,314 @@
+"""VanillaHead and the chunked ops: vs optax / lax.top_k, sharded vs not.
+
+Everything runs under jit, and tests share compiled functions where they can:
+compilation dominates the time of these small problems.
+"""
+
+import functools
+
+import chex
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.test_util import check_grads
+import learning
+import numpy as np
+import optax
+import pytest
+
+from mhe_jax.nn.vanilla import VanillaHead
+from mhe_jax.ops import chunked
+
+B, D, C = 16, 8, 23  # C divisible by none of the chunk sizes below
+
+
+def random_problem(seed, batch=B, dim=D, classes=C, num_labels=4):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(batch, dim)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(dim, classes)), jnp.float32)
+  b = jnp.asarray(rng.normal(size=(classes,)), jnp.float32)
+  labels = rng.integers(0, classes, batch)
+  label_sets = rng.integers(-1, classes, (batch, num_labels))
+  where = np.ones(batch, bool)
+  if batch >= 8:
+    labels[[1, 5]] = -1  # unlabelled examples
+    label_sets[2] = -1  # no positives
+    label_sets[3, :2] = label_sets[3, 2]  # a duplicate counts once
+    where[[0, 5, 7]] = False
+  return (x, w, b, jnp.asarray(labels, jnp.int32),
+          jnp.asarray(label_sets, jnp.int32), jnp.asarray(where))
+
+
+def optax_ce(x, w, b, labels, where):
+  loss = optax.softmax_cross_entropy_with_integer_labels(
+      x @ w + b, jnp.maximum(labels, 0))
+  return jnp.where(where & (labels >= 0), loss, 0.)
+
+
+def optax_bce(x, w, b, label_sets, where):
+  targets = jax.nn.one_hot(label_sets, w.shape[1]).max(1)  # -1 -> zeros
+  loss = optax.sigmoid_binary_cross_entropy(x @ w + b, targets).sum(-1)
+  return jnp.where(where, loss, 0.)
+
+
+def losses_and_grads(ce_fn, bce_fn, x, w, b, labels, label_sets, where):
+  """Per-example CE and BCE, and the gradients of their sums."""
+  out = []
+  for fn, y in ((ce_fn, labels), (bce_fn, label_sets)):
+    loss_b, vjp = jax.vjp(lambda x, w, b: fn(x, w, b, y, where), x, w, b)
+    out.append((loss_b, vjp(jnp.ones_like(loss_b))))
+  return out
+
+
+@jax.jit
+def optax_losses_and_grads(*args):
+  return losses_and_grads(optax_ce, optax_bce, *args)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size", "num_classes"))
+def chunked_losses_and_grads(*args, chunk_size, num_classes=None):
+  kw = dict(chunk_size=chunk_size, num_classes=num_classes)
+  return losses_and_grads(
+      lambda *a: chunked.chunked_softmax_cross_entropy(
+          *a[:4], where=a[4], **kw),
+      lambda *a: chunked.chunked_sigmoid_binary_cross_entropy(
+          *a[:4], where=a[4], **kw), *args)
+
+
+def assert_close(a, b, tol=1e-5):
+  chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
+
+
+# ---------------------------------------------------------------- the ops
+@pytest.mark.parametrize("chunk_size", [7, None])  # 3 chunks + a tail; dense
+def test_chunked_losses_equal_optax(chunk_size):
+  problem = random_problem(0)
+  ours = chunked_losses_and_grads(*problem, chunk_size=chunk_size)
+  assert_close(ours, optax_losses_and_grads(*problem))
+  (ce_b, _), (bce_b, _) = ours
+  assert ce_b.shape == bce_b.shape == (B,) and ce_b.dtype == jnp.float32
+  assert ce_b[1] == 0 and ce_b[0] == 0 and (ce_b >= 0).all()
+
+
+def test_check_grads():
+  with jax.enable_x64(True):
+    x, w, b, labels, label_sets, _ = random_problem(
+        2, batch=3, dim=4, classes=7)
+    x, w, b = (a.astype(jnp.float64) for a in (x, w, b))
+
+    @jax.jit
+    def both(x, w, b):  # chunks of 3 + 3 + 1 classes
+      return (chunked.chunked_softmax_cross_entropy(
+          x, w, b, labels, chunk_size=3),
+              chunked.chunked_sigmoid_binary_cross_entropy(
+          x, w, b, label_sets, chunk_size=3))
+
+    assert both(x, w, b)[0].dtype == jnp.float64
+    check_grads(both, (x, w, b), order=1, modes=["rev"])
+
+
+@pytest.mark.parametrize("chunk_size,k", [(4, 9), (7, 23), (None, 6)])
+def test_chunked_top_k_equals_lax_top_k(chunk_size, k):
+  x, w, b, *_ = random_problem(3)
+  top_k = jax.jit(functools.partial(
+      chunked.chunked_top_k, k=k, chunk_size=chunk_size))
+  scores, labels = top_k(x, w, b)
+  ref_scores, ref_labels = jax.lax.top_k(x @ w + b, k)
+  assert scores.dtype == jnp.float32 and labels.dtype == jnp.int32
+  np.testing.assert_array_equal(labels, ref_labels)
+  np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
+  # Integer logits, many equal: ties go to the smaller label, as in lax.top_k.
+  x, w, b = jnp.round(x), jnp.round(w), jnp.zeros_like(b)
+  scores, labels = top_k(x, w, b)
+  ref_scores, ref_labels = jax.lax.top_k(x @ w + b, k)
+  np.testing.assert_array_equal(labels, ref_labels)
+  np.testing.assert_array_equal(scores, ref_scores)
+  # All logits equal: the first k labels.
+  _, labels = top_k(x, jnp.zeros_like(w), b)
+  np.testing.assert_array_equal(labels, np.tile(np.arange(k), (B, 1)))
+
+
+def test_argument_errors():
+  x, w, b, labels, label_sets, _ = random_problem(4)
+  with pytest.raises(ValueError, match=r"k must be an integer in \[1, 23\]"):
+    chunked.chunked_top_k(x, w, b, 24)
+  with pytest.raises(ValueError, match="shapes do not match"):
+    chunked.chunked_top_k(x, w[1:], b, 2)
+  with pytest.raises(ValueError, match=r"single-label labels must be int"):
+    chunked.chunked_softmax_cross_entropy(x, w, b, label_sets)
+  with pytest.raises(ValueError, match="chunk_size"):
+    chunked.chunked_softmax_cross_entropy(x, w, b, labels, chunk_size=0)
+  mesh = jax.make_mesh((8,), ("classes",), axis_types=(AxisType.Explicit,))
+  with pytest.raises(ValueError, match="do not divide evenly"):
+    chunked.chunked_softmax_cross_entropy(x, w, b, labels, mesh=mesh)
+  with pytest.raises(ValueError, match="single-label head"):
+    VanillaHead(D, C, rngs=nnx.Rngs(0)).loss(x, label_sets)
+  with pytest.raises(ValueError, match="multilabel head"):
+    VanillaHead(D, C, multilabel=True, rngs=nnx.Rngs(0)).loss(x, labels)
+
+
+def test_chunked_memory_stays_below_the_logits():
+  # Structural, not a timing: XLA's buffer assignment of the compiled step.
+  batch, dim, classes = 64, 32, 200_000
+  args = (jax.ShapeDtypeStruct((batch, dim), jnp.float32),
+          jax.ShapeDtypeStruct((dim, classes), jnp.float32),
+          jax.ShapeDtypeStruct((classes,), jnp.float32),
+          jax.ShapeDtypeStruct((batch,), jnp.int32))
+
+  def temp_bytes(loss_b_fn):
+    step = jax.jit(jax.value_and_grad(
+        lambda x, w, b, y: loss_b_fn(x, w, b, y).mean(), argnums=(0, 1, 2)))
+    return step.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+  logits_bytes = batch * classes * 4
+  naive = temp_bytes(lambda x, w, b, y: optax_ce(x, w, b, y, True))
+  ours = temp_bytes(lambda x, w, b, y: chunked.chunked_softmax_cross_entropy(
+      x, w, b, y))
+  assert naive > logits_bytes
+  assert ours < logits_bytes / 8, (ours, logits_bytes)
+
+
+# --------------------------------------------------------------- the head
+@nnx.jit(static_argnums=4)
+def head_outputs(head, x, y, where, k):
+  """Mean loss, its gradients w.r.t. params and x, top-k, logits."""
+  loss, (grads, dx) = nnx.value_and_grad(
+      lambda h, x: h.loss(x, y, where=where), argnums=(0, 1))(head, x)
+  return loss, nnx.state(grads), dx, head.topk(x, k), head(x)
+
+
+@functools.partial(jax.jit, static_argnames="multilabel")
+def optax_head_outputs(w, b, x, y, where, *, multilabel):
+  """What head_outputs must give, from the dense optax losses."""
+  def loss_fn(w, b, x):
+    if multilabel:
+      return optax_bce(x, w, b, y, where).sum() / where.sum()
+    return optax_ce(x, w, b, y, where).sum() / (where & (y >= 0)).sum()
+  loss, grads = jax.value_and_grad(loss_fn, (0, 1, 2))(w, b, x)
+  return loss, grads, jax.lax.top_k(x @ w + b, 4), x @ w + b
+
+
+def test_head_equals_optax():
+  head = VanillaHead(D, C, chunk_size=5, rngs=nnx.Rngs(5))
+  assert head.num_classes == C and head.padded_classes == C
+  assert head.kernel.shape == (D, C) and head.bias.shape == (C,)
+  x, _, _, labels, _, where = random_problem(6)
+  loss, grads, dx, (scores, top), logits = head_outputs(
+      head, x, labels, where, 4)
+  w, b = head.kernel[...], head.bias[...]
+  ref_loss, ref_grads, ref_top, ref_logits = optax_head_outputs(
+      w, b, x, labels, where, multilabel=False)
+  assert_close((loss, grads["kernel"][...], grads["bias"][...], dx),
+               (ref_loss, *ref_grads))
+  assert_close(logits, ref_logits)
+  np.testing.assert_array_equal(top, ref_top[1])
+  assert_close(scores, ref_top[0])
+
+
+def test_parameters_carry_logical_axes():
+  head = VanillaHead(D, C, rngs=nnx.Rngs(0))
+  with nnx.logical_axis_rules([("embed", None), ("classes", "classes")]):
+    specs = nnx.get_partition_spec(nnx.state(head))
+  assert specs["kernel"].get_value() == P(None, "classes")
+  assert specs["bias"].get_value() == P("classes")
+
+
+@pytest.mark.parametrize("mesh_shape,num_classes,multilabel,chunk_size", [
+    (((8,), ("classes",)), 45, False, 2),  # 45 -> 48: 6 per device, 3 chunks
+    (((2, 4), ("data", "classes")), 46, True, 8)])  # 12 per device: 8 + 4
+def test_sharded_head_equals_unsharded(mesh_shape, num_classes, multilabel,
+                                       chunk_size):
+  shape, names = mesh_shape
+  mesh = jax.make_mesh(shape, names,
+                       axis_types=(AxisType.Explicit,) * len(shape))
+  sharded = VanillaHead(D, num_classes, multilabel=multilabel,
+                        chunk_size=chunk_size, mesh=mesh, rngs=nnx.Rngs(3))
+  assert sharded.padded_classes == 48
+  assert sharded.kernel[...].sharding.spec == P(None, "classes")
+  # The unsharded reference: the same parameters, one dense block.
+  plain = VanillaHead(D, num_classes, multilabel=multilabel, rngs=nnx.Rngs(3))
+  kernel, bias = np.asarray(sharded.kernel[...]), np.asarray(sharded.bias[...])
+  np.testing.assert_array_equal(kernel[:, num_classes:], 0)
+  plain.kernel[...] = jnp.asarray(kernel[:, :num_classes])
+  plain.bias[...] = jnp.asarray(bias[:num_classes] + 0.1)
+  sharded.bias[...] = sharded.bias[...] + 0.1
+
+  x, _, _, labels, label_sets, where = random_problem(8, classes=num_classes)
+  y = label_sets if multilabel else labels
+  batch = NamedSharding(mesh, P(names[0] if len(shape) == 2 else None))
+  with jax.set_mesh(mesh):
+    out = head_outputs(
+        sharded, *(jax.device_put(a, batch) for a in (x, y, where)), 7)
+    assert out[1]["kernel"][...].sharding.spec == P(None, "classes")
+    loss, grads, dx, top, logits = jax.device_get(out)
+  ref_loss, ref_grads, ref_dx, ref_top, ref_logits = head_outputs(
+      plain, x, y, where, 7)
+  assert_close((loss, dx, top[0], logits), (ref_loss, ref_dx, ref_top[0],
+                                            ref_logits))
+  assert_close(grads["kernel"][...][:, :num_classes], ref_grads["kernel"][...])
+  assert_close(grads["bias"][...][:num_classes], ref_grads["bias"][...])
+  assert not grads["kernel"][...][:, num_classes:].any()
+  np.testing.assert_array_equal(top[1], ref_top[1])
+
+
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+def test_data_parallel_multilabel_head(axis_type):
+  # Classes unsharded, batch over 'data': inferred from x's sharding on an
+  # Explicit mesh, named by batch_axes on an Auto one.
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+  batch_axes = "data" if axis_type == AxisType.Auto else None
+  head = VanillaHead(D, C, multilabel=True, chunk_size=5, mesh=mesh,
+                     batch_axes=batch_axes, rngs=nnx.Rngs(5))
+  x, _, _, _, label_sets, where = random_problem(6)
+  with jax.set_mesh(mesh):
+    loss, grads, dx, top, logits = jax.device_get(head_outputs(
+        head, jax.device_put(x, NamedSharding(mesh, P("data"))), label_sets,
+        where, 4))
+  ref_loss, ref_grads, ref_top, ref_logits = optax_head_outputs(
+      head.kernel[...], head.bias[...], x, label_sets, where, multilabel=True)
+  assert_close((loss, grads["kernel"][...], grads["bias"][...], dx, logits),
+               (ref_loss, *ref_grads, ref_logits))
+  np.testing.assert_array_equal(top[1], ref_top[1])
+
+
+def test_learns_gaussian_mixture():
+  acc = learning.train_and_eval(
+      make_head=lambda d, rngs: VanillaHead(d, 2000, rngs=rngs), noise=0.5)
+  assert acc >= 0.98, acc
+
+
+def test_multilabel_head_learns_label_sets_without_retracing():
+  # Each example is the sum of its 1-3 labels' centres plus noise.
+  num_classes, dim, steps = 60, 24, 100
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(num_classes, dim)).astype(np.float32)
+
+  def sample(n):
+    labels = rng.integers(0, num_classes, (n, 3))
+    labels[:, 1:][rng.random((n, 2)) < 0.4] = -1
+    multi_hot = np.zeros((n, num_classes + 1), np.float32)
+    np.put_along_axis(multi_hot, labels, 1., axis=1)  # -1: the extra column
+    x = multi_hot[:, :-1] @ centres + 0.3 * rng.normal(size=(n, dim))
+    return jnp.asarray(x, jnp.float32), jnp.asarray(labels, jnp.int32)
+
+  head = VanillaHead(dim, num_classes, multilabel=True, chunk_size=16,
+                     rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(head, optax.adam(3e-2), wrt=nnx.Param)
+
+  @nnx.jit
+  @chex.assert_max_traces(n=1)  # one compilation for the whole loop
+  def step(head, optimizer, x, y):
+    loss, grads = nnx.value_and_grad(lambda h: h.loss(x, y))(head)
+    optimizer.update(head, grads)
+    return loss
+
+  chex.clear_trace_counter()
+  first = float(step(head, optimizer, *sample(128)))
+  for _ in range(steps):
+    last = float(step(head, optimizer, *sample(128)))
+  assert last < first / 5, (first, last)
+  x, y = sample(512)
+  _, top1 = nnx.jit(lambda h, x: h.topk(x, 1))(head, x)
+  precision_at_1 = (np.asarray(y) == np.asarray(top1)).any(1).mean()
+  assert precision_at_1 >= 0.95, precision_at_1
