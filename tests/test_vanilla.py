@@ -1,4 +1,7 @@
-"""VanillaHead and the chunked ops: vs optax / lax.top_k, sharded vs not.
+"""VanillaHead: vs optax, class-sharded == unsharded, learning checks.
+
+The chunked ops themselves (gradient checks, top-k ties, memory) are tested
+in test_chunked.py.
 
 Everything runs under jit, and tests share compiled functions where they can:
 compilation dominates the time of these small problems.
@@ -11,14 +14,12 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-from jax.test_util import check_grads
 import learning
 import numpy as np
 import optax
 import pytest
 
 from mhe_jax.nn.vanilla import VanillaHead
-from mhe_jax.ops import chunked
 
 B, D, C = 16, 8, 23  # C divisible by none of the chunk sizes below
 
@@ -52,124 +53,10 @@ def optax_bce(x, w, b, label_sets, where):
   return jnp.where(where, loss, 0.)
 
 
-def losses_and_grads(ce_fn, bce_fn, x, w, b, labels, label_sets, where):
-  """Per-example CE and BCE, and the gradients of their sums."""
-  out = []
-  for fn, y in ((ce_fn, labels), (bce_fn, label_sets)):
-    loss_b, vjp = jax.vjp(lambda x, w, b: fn(x, w, b, y, where), x, w, b)
-    out.append((loss_b, vjp(jnp.ones_like(loss_b))))
-  return out
-
-
-@jax.jit
-def optax_losses_and_grads(*args):
-  return losses_and_grads(optax_ce, optax_bce, *args)
-
-
-@functools.partial(jax.jit, static_argnames=("chunk_size", "num_classes"))
-def chunked_losses_and_grads(*args, chunk_size, num_classes=None):
-  kw = dict(chunk_size=chunk_size, num_classes=num_classes)
-  return losses_and_grads(
-      lambda *a: chunked.chunked_softmax_cross_entropy(
-          *a[:4], where=a[4], **kw),
-      lambda *a: chunked.chunked_sigmoid_binary_cross_entropy(
-          *a[:4], where=a[4], **kw), *args)
-
-
 def assert_close(a, b, tol=1e-5):
   chex.assert_trees_all_close(a, b, rtol=tol, atol=tol)
 
 
-# ---------------------------------------------------------------- the ops
-@pytest.mark.parametrize("chunk_size", [7, None])  # 3 chunks + a tail; dense
-def test_chunked_losses_equal_optax(chunk_size):
-  problem = random_problem(0)
-  ours = chunked_losses_and_grads(*problem, chunk_size=chunk_size)
-  assert_close(ours, optax_losses_and_grads(*problem))
-  (ce_b, _), (bce_b, _) = ours
-  assert ce_b.shape == bce_b.shape == (B,) and ce_b.dtype == jnp.float32
-  assert ce_b[1] == 0 and ce_b[0] == 0 and (ce_b >= 0).all()
-
-
-def test_check_grads():
-  with jax.enable_x64(True):
-    x, w, b, labels, label_sets, _ = random_problem(
-        2, batch=3, dim=4, classes=7)
-    x, w, b = (a.astype(jnp.float64) for a in (x, w, b))
-
-    @jax.jit
-    def both(x, w, b):  # chunks of 3 + 3 + 1 classes
-      return (chunked.chunked_softmax_cross_entropy(
-          x, w, b, labels, chunk_size=3),
-              chunked.chunked_sigmoid_binary_cross_entropy(
-          x, w, b, label_sets, chunk_size=3))
-
-    assert both(x, w, b)[0].dtype == jnp.float64
-    check_grads(both, (x, w, b), order=1, modes=["rev"])
-
-
-@pytest.mark.parametrize("chunk_size,k", [(4, 9), (7, 23), (None, 6)])
-def test_chunked_top_k_equals_lax_top_k(chunk_size, k):
-  x, w, b, *_ = random_problem(3)
-  top_k = jax.jit(functools.partial(
-      chunked.chunked_top_k, k=k, chunk_size=chunk_size))
-  scores, labels = top_k(x, w, b)
-  ref_scores, ref_labels = jax.lax.top_k(x @ w + b, k)
-  assert scores.dtype == jnp.float32 and labels.dtype == jnp.int32
-  np.testing.assert_array_equal(labels, ref_labels)
-  np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)
-  # Integer logits, many equal: ties go to the smaller label, as in lax.top_k.
-  x, w, b = jnp.round(x), jnp.round(w), jnp.zeros_like(b)
-  scores, labels = top_k(x, w, b)
-  ref_scores, ref_labels = jax.lax.top_k(x @ w + b, k)
-  np.testing.assert_array_equal(labels, ref_labels)
-  np.testing.assert_array_equal(scores, ref_scores)
-  # All logits equal: the first k labels.
-  _, labels = top_k(x, jnp.zeros_like(w), b)
-  np.testing.assert_array_equal(labels, np.tile(np.arange(k), (B, 1)))
-
-
-def test_argument_errors():
-  x, w, b, labels, label_sets, _ = random_problem(4)
-  with pytest.raises(ValueError, match=r"k must be an integer in \[1, 23\]"):
-    chunked.chunked_top_k(x, w, b, 24)
-  with pytest.raises(ValueError, match="shapes do not match"):
-    chunked.chunked_top_k(x, w[1:], b, 2)
-  with pytest.raises(ValueError, match=r"single-label labels must be int"):
-    chunked.chunked_softmax_cross_entropy(x, w, b, label_sets)
-  with pytest.raises(ValueError, match="chunk_size"):
-    chunked.chunked_softmax_cross_entropy(x, w, b, labels, chunk_size=0)
-  mesh = jax.make_mesh((8,), ("classes",), axis_types=(AxisType.Explicit,))
-  with pytest.raises(ValueError, match="do not divide evenly"):
-    chunked.chunked_softmax_cross_entropy(x, w, b, labels, mesh=mesh)
-  with pytest.raises(ValueError, match="single-label head"):
-    VanillaHead(D, C, rngs=nnx.Rngs(0)).loss(x, label_sets)
-  with pytest.raises(ValueError, match="multilabel head"):
-    VanillaHead(D, C, multilabel=True, rngs=nnx.Rngs(0)).loss(x, labels)
-
-
-def test_chunked_memory_stays_below_the_logits():
-  # Structural, not a timing: XLA's buffer assignment of the compiled step.
-  batch, dim, classes = 64, 32, 200_000
-  args = (jax.ShapeDtypeStruct((batch, dim), jnp.float32),
-          jax.ShapeDtypeStruct((dim, classes), jnp.float32),
-          jax.ShapeDtypeStruct((classes,), jnp.float32),
-          jax.ShapeDtypeStruct((batch,), jnp.int32))
-
-  def temp_bytes(loss_b_fn):
-    step = jax.jit(jax.value_and_grad(
-        lambda x, w, b, y: loss_b_fn(x, w, b, y).mean(), argnums=(0, 1, 2)))
-    return step.lower(*args).compile().memory_analysis().temp_size_in_bytes
-
-  logits_bytes = batch * classes * 4
-  naive = temp_bytes(lambda x, w, b, y: optax_ce(x, w, b, y, True))
-  ours = temp_bytes(lambda x, w, b, y: chunked.chunked_softmax_cross_entropy(
-      x, w, b, y))
-  assert naive > logits_bytes
-  assert ours < logits_bytes / 8, (ours, logits_bytes)
-
-
-# --------------------------------------------------------------- the head
 @nnx.jit(static_argnums=4)
 def head_outputs(head, x, y, where, k):
   """Mean loss, its gradients w.r.t. params and x, top-k, logits."""
@@ -204,6 +91,14 @@ def test_head_equals_optax():
   assert_close(logits, ref_logits)
   np.testing.assert_array_equal(top, ref_top[1])
   assert_close(scores, ref_top[0])
+
+
+def test_label_shape_errors():
+  x, _, _, labels, label_sets, _ = random_problem(4)
+  with pytest.raises(ValueError, match="single-label head"):
+    VanillaHead(D, C, rngs=nnx.Rngs(0)).loss(x, label_sets)
+  with pytest.raises(ValueError, match="multilabel head"):
+    VanillaHead(D, C, multilabel=True, rngs=nnx.Rngs(0)).loss(x, labels)
 
 
 def test_parameters_carry_logical_axes():
@@ -252,14 +147,11 @@ def test_sharded_head_equals_unsharded(mesh_shape, num_classes, multilabel,
   np.testing.assert_array_equal(top[1], ref_top[1])
 
 
-@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
-def test_data_parallel_multilabel_head(axis_type):
-  # Classes unsharded, batch over 'data': inferred from x's sharding on an
-  # Explicit mesh, named by batch_axes on an Auto one.
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
-  batch_axes = "data" if axis_type == AxisType.Auto else None
+def test_data_parallel_multilabel_head():
+  # Classes unsharded, the batch over 'data' (inferred from x's sharding).
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Explicit,))
   head = VanillaHead(D, C, multilabel=True, chunk_size=5, mesh=mesh,
-                     batch_axes=batch_axes, rngs=nnx.Rngs(5))
+                     rngs=nnx.Rngs(5))
   x, _, _, _, label_sets, where = random_problem(6)
   with jax.set_mesh(mesh):
     loss, grads, dx, top, logits = jax.device_get(head_outputs(
