@@ -1,8 +1,8 @@
 """ops.chunked: chunked losses, gradients and top-k vs optax / lax.top_k.
 
-The class-sharded paths are tested through VanillaHead in test_vanilla.py.
-Everything runs under jit, and tests share compiled functions where they can:
-compilation dominates the time of these small problems.
+The class-sharded paths are tested here once and through VanillaHead in
+test_vanilla.py. Everything runs under jit, and tests share compiled
+functions where they can: compilation dominates these small problems.
 """
 
 import functools
@@ -10,7 +10,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from jax.test_util import check_grads
 import numpy as np
 import optax
@@ -160,3 +160,23 @@ def test_chunked_memory_stays_below_the_logits():
       x, w, b, y))
   assert naive > logits_bytes
   assert ours < logits_bytes / 8, (ours, logits_bytes)
+
+
+def test_class_sharded_ops_with_replicated_parameters():
+  # A 'classes' mesh axis shards the computation even if the parameters are
+  # replicated; their gradients must come back replicated (Explicit types).
+  mesh = jax.make_mesh((2, 4), ("data", "classes"),
+                       axis_types=(AxisType.Explicit,) * 2)
+  x, w, b, *rest = random_problem(5, classes=24)
+  with jax.set_mesh(mesh):
+    x_sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
+    ours = chunked_losses_and_grads(x_sharded, w, b, *rest, chunk_size=4)
+    scores, labels = jax.jit(functools.partial(
+        chunked.chunked_top_k, k=5, chunk_size=4))(x_sharded, w, b)
+  for _, (dx, dw, db) in ours:
+    assert dx.sharding.spec == P("data", None)
+    assert dw.sharding.spec == P(None, None) and db.sharding.spec == P(None)
+  assert_close(jax.device_get(ours), optax_losses_and_grads(x, w, b, *rest))
+  ref_scores, ref_labels = jax.lax.top_k(x @ w + b, 5)
+  np.testing.assert_array_equal(labels, ref_labels)
+  np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-6)

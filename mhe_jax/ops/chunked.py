@@ -573,6 +573,21 @@ def _run(layout: _Layout, fn, in_specs, out_specs, *args):
                        in_specs=in_specs, out_specs=out_specs)(*args)
 
 
+def _like_primals(layout: _Layout, grads, primals):
+  """Gives each gradient its primal's sharding (Explicit meshes type it).
+
+  The shard_map returns them laid out as its in_specs; a parameter kept
+  replicated over the class axis must get a replicated gradient back.
+  """
+  if layout.mesh is None or not any(
+      t == jax.sharding.AxisType.Explicit for t in layout.mesh.axis_types):
+    return grads
+  return tuple(
+      jax.sharding.reshard(
+          g, NamedSharding(layout.mesh, jax.typeof(p).sharding.spec))
+      for g, p in zip(grads, primals))
+
+
 def _specs(layout: _Layout):
   bat, cls = layout.batch_spec, layout.class_axis
   return dict(x=P(bat, None), w=P(None, cls), b=P(cls), b1=P(bat),
@@ -594,11 +609,11 @@ def _ce_fwd(layout, x_bd, w_dc, b_c, labels_b):
 
 def _ce_bwd(layout, res, g_b):
   s = _specs(layout)
-  dx, dw, db = _run(
+  grads = _run(
       layout, _ce_bwd_local,
       (s["x"], s["w"], s["b"], s["b1"], s["b1"], s["b1"]),
       (s["x"], s["w"], s["b"]), *res, g_b)
-  return dx, dw, db, None
+  return (*_like_primals(layout, grads, res[:3]), None)
 
 
 _ce.defvjp(_ce_fwd, _ce_bwd)
@@ -618,10 +633,10 @@ def _bce_fwd(layout, x_bd, w_dc, b_c, labels_bl):
 
 def _bce_bwd(layout, res, g_b):
   s = _specs(layout)
-  dx, dw, db = _run(
+  grads = _run(
       layout, _bce_bwd_local, (s["x"], s["w"], s["b"], s["b2"], s["b1"]),
       (s["x"], s["w"], s["b"]), *res, g_b)
-  return dx, dw, db, None
+  return (*_like_primals(layout, grads, res[:3]), None)
 
 
 _bce.defvjp(_bce_fwd, _bce_bwd)
