@@ -139,12 +139,15 @@ class VanillaHead(nnx.Module):
       shards = layout_mesh.shape[class_axis]
     self.padded_classes = -(-self.num_classes // shards) * shards
 
-    kernel_dc = kernel_init(rngs.params(),
-                            (self.in_features, self.padded_classes),
+    # Initialise the C real columns alone and pad with zeros, so the initial
+    # model is the same whatever mesh (and so padding) it is built for.
+    kernel_dc = kernel_init(rngs.params(), (self.in_features, self.num_classes),
                             param_dtype)
-    bias_c = bias_init(rngs.params(), (self.padded_classes,), param_dtype)
+    bias_c = bias_init(rngs.params(), (self.num_classes,), param_dtype)
     if self.padded_classes > self.num_classes:  # inert padding columns
-      kernel_dc = kernel_dc.at[:, self.num_classes:].set(0)
+      extra = self.padded_classes - self.num_classes
+      kernel_dc = jnp.pad(kernel_dc, ((0, 0), (0, extra)))
+      bias_c = jnp.pad(bias_c, (0, extra))
     if isinstance(mesh, Mesh) and shards > 1:
       kernel_dc = jax.device_put(kernel_dc,
                                  NamedSharding(mesh, P(None, class_axis)))
