@@ -32,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test = ""            # xc_files / arff_files: test file path.
   c.data.labels_xml = ""      # arff_files: Mulan XML naming the label attributes.
   c.data.data_dir = ""        # Real data root; "" -> $MHE_DATA_DIR or ../shared/data.
+  c.data.tfds_name = ""       # tfds: a prepared builder, e.g. "mhe_xmc/bibtex".
+  c.data.tfds_data_dir = ""   # tfds: the TFDS data directory it was prepared in.
   c.data.multilabel = True    # synthetic: multi-label (True) or single-label.
   c.data.num_classes = 10_000  # synthetic: number of labels C.
   c.data.num_features = 20_000  # synthetic: bag-of-words vocabulary size.

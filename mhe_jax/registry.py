@@ -145,6 +145,18 @@ def _load_arff_files(cfg, seed):
   return _xmc_dataset(read(cfg.train), read(cfg.test), cfg)
 
 
+def _load_tfds(cfg, seed):
+  """A prepared ``mhe_xmc`` TFDS dataset (see mhe_jax.data.tfds.prepare_xmc)."""
+  del seed
+  if not cfg.tfds_name or not cfg.tfds_data_dir:
+    raise ValueError("data.name='tfds' needs data.tfds_name (e.g. "
+                     "'mhe_xmc/bibtex') and data.tfds_data_dir")
+  from mhe_jax.data import tfds as tfds_lib  # pylint: disable=g-import-not-at-top
+  load = lambda split: tfds_lib.load_xmc(cfg.tfds_name, split,
+                                         data_dir=cfg.tfds_data_dir)
+  return _xmc_dataset(load("train"), load("test"), cfg)
+
+
 def _named_xc(name):
   def load(cfg, seed):
     del seed
@@ -194,6 +206,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, int], Dataset]] = {
     "synthetic": _load_synthetic,
     "xc_files": _load_xc_files,
     "arff_files": _load_arff_files,
+    "tfds": _load_tfds,
     "bibtex": _named_xc("bibtex"),
     "delicious": _named_xc("delicious"),
     "shakespeare": _load_shakespeare,

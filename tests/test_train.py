@@ -179,3 +179,17 @@ def test_damaged_latest_checkpoint_is_skipped(tmp_path, caplog):
   # It resumed from step 10, so it trained 20 steps in this run.
   assert "resumed from checkpoint 10" in caplog.text
   assert (tmp_path / "checkpoints" / "20.unreadable").is_dir()  # kept aside
+
+
+def test_trains_from_a_prepared_tfds_dataset(tmp_path, shared_data):
+  from mhe_jax.data import tfds as tfds_lib
+  tfds_lib.prepare_xmc(
+      "bibtex_small", {"train": shared_data / "bibtex" / "train.txt",
+                       "test": shared_data / "bibtex" / "test.txt"},
+      data_dir=tmp_path / "tfds")
+  config = tiny_config(**{"data.name": "tfds",
+                          "data.tfds_name": "mhe_xmc/bibtex_small",
+                          "data.tfds_data_dir": str(tmp_path / "tfds"),
+                          "num_train_steps": 5})
+  trainer = train.Trainer(config, tmp_path / "work")
+  assert trainer.data.num_classes == 159 and trainer.data.num_train == 4880
