@@ -41,8 +41,16 @@ def _free_port() -> int:
 
 
 def _launch(workdir: pathlib.Path, num_processes: int, devices_per_process: int,
-            log_dir: pathlib.Path, overrides: dict[str, str]) -> list[str]:
-  """Runs main.py in ``num_processes`` processes; returns their logs."""
+            log_dir: pathlib.Path, overrides: dict[str, str], *,
+            extra_flags: dict[int, list[str]] | None = None,
+            pids: list[int] | None = None) -> list[str]:
+  """Runs main.py in ``num_processes`` processes; returns their logs.
+
+  Waits at most TIMEOUT_S; when any process fails or time runs out, kills
+  the others and raises AssertionError with the return codes and logs.
+  ``extra_flags[i]`` are appended to process i's command line; ``pids``
+  collects the process ids.
+  """
   port = _free_port()
   cmd = [sys.executable, "-m", "mhe_jax.main",
          "--config=" + str(REPO_ROOT / "tests" / "tiny_config.py"),
@@ -64,8 +72,11 @@ def _launch(workdir: pathlib.Path, num_processes: int, devices_per_process: int,
           MHE_NUM_PROCESSES=str(num_processes), MHE_PROCESS_ID=str(i))
       log = open(log_dir / f"process{i}.log", "w+", encoding="utf-8")
       logs.append(log)
-      procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT))
+      procs.append(subprocess.Popen(
+          cmd + (extra_flags or {}).get(i, []), cwd=REPO_ROOT, env=env,
+          stdout=log, stderr=subprocess.STDOUT))
+      if pids is not None:
+        pids.append(procs[-1].pid)
     deadline = time.monotonic() + TIMEOUT_S
     while (any(p.poll() is None for p in procs)
            and time.monotonic() < deadline
@@ -74,9 +85,11 @@ def _launch(workdir: pathlib.Path, num_processes: int, devices_per_process: int,
   finally:
     # A failed or hung process would leave its peers waiting in a collective:
     # kill whatever is still running, then reap everything.
-    for p in procs:
+    killed = set()
+    for i, p in enumerate(procs):
       if p.poll() is None:
         p.kill()
+        killed.add(i)
     for p in procs:
       p.wait(timeout=30)
     texts = []
@@ -84,9 +97,12 @@ def _launch(workdir: pathlib.Path, num_processes: int, devices_per_process: int,
       log.seek(0)
       texts.append(log.read())
       log.close()
-  for i, (p, text) in enumerate(zip(procs, texts)):
-    assert p.returncode == 0, (
-        f"process {i} exited with {p.returncode}:\n{text[-4000:]}")
+  codes = [p.returncode for p in procs]
+  if any(codes):
+    report = [f"return codes {codes}; killed by the test: {sorted(killed)}"]
+    report += [f"--- process {i} (exit {c}):\n{t[-3000:]}"
+               for i, (c, t) in enumerate(zip(codes, texts)) if i not in killed]
+    raise AssertionError("\n".join(report))
   return texts
 
 
@@ -188,3 +204,16 @@ def test_final_parameters_equal_single_process(runs):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                        atol=1e-5),
                got, want)
+
+
+def test_a_failing_process_takes_its_peers_down(tmp_path):
+  """Process 1 fails at start; process 0, waiting for it, is killed."""
+  pids = []
+  with pytest.raises(AssertionError, match=r"killed by the test: \[0\]"
+                     r"(.|\n)*process 1 \(exit [1-9](.|\n)*nope"):
+    _launch(tmp_path / "workdir", 2, 4, tmp_path, {"num_train_steps": 1},
+            extra_flags={1: ["--config.nope=1"]}, pids=pids)
+  assert len(pids) == 2
+  for pid in pids:  # reaped: no such process any more
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
