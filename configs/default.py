@@ -1,6 +1,6 @@
 """Default: MHP on built-in synthetic multi-label data (the README's main job).
 
-Command:   python -m mhe_jax.main --config=configs/default.py --workdir=/tmp/mhe_default
+Command:   python -m mhe_jax.main --config=configs/default.py --workdir=/tmp/default
 Hardware:  2-core CPU, no accelerator.
 Walltime:  53 s end to end (46 s training, 600 steps of 256) on 2 shared cores.
 Reached:   P@1 0.891, P@3 0.642, P@5 0.458, PSP@5 0.201 on the 2,000 synthetic
