@@ -1,0 +1,91 @@
+"""Every configs/*.py loads, validates and documents its own command.
+
+A few representative 'runlocal' variants also train end to end.
+"""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from conftest import REPO_ROOT
+from mhe_jax import config_lib
+from mhe_jax import train
+
+CONFIG_DIR = REPO_ROOT / "configs"
+CONFIG_FILES = sorted(CONFIG_DIR.glob("*.py"))
+ML_KEYS = ("P@1", "P@3", "P@5", "PSP@5")
+
+
+def load_module(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location(f"configs_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_config_files_exist():
+  names = {p.stem for p in CONFIG_FILES}
+  expected = {"default", "xc_files", "synthetic_1m_mhp"}
+  expected |= {f"bibtex_{h}" for h in ("vanilla", "mhp", "mhc", "mhs")}
+  expected |= {f"delicious_{h}" for h in ("vanilla", "mhp", "mhc", "mhs")}
+  expected |= {f"shakespeare_{h}" for h in ("vanilla", "mhp", "mhs")}
+  assert expected <= names, sorted(expected - names)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_config_loads_and_validates(path, arg):
+  config = load_module(path).get_config(arg)
+  config_lib.validate(config)
+  if arg == "runlocal":  # never longer than the full config
+    assert config.num_train_steps <= load_module(path).get_config().num_train_steps
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+def test_docstring_gives_command_hardware_walltime(path):
+  doc = load_module(path).__doc__
+  assert doc, f"{path.name} has no docstring"
+  name = path.stem
+  command = f"python -m mhe_jax.main --config=configs/{name}.py --workdir="
+  assert command in " ".join(doc.split()), (
+      f"{path.name}: docstring lacks the command {command!r}")
+  for word in ("Hardware:", "Walltime:", "Reached:"):
+    assert word in doc, f"{path.name}: docstring lacks {word!r}"
+
+
+def _runlocal(name, **overrides):
+  config = load_module(CONFIG_DIR / f"{name}.py").get_config("runlocal")
+  for key, value in overrides.items():
+    node = config
+    *parents, last = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+def test_runlocal_bibtex_mhp_trains(tmp_path):
+  results = train.train_and_evaluate(_runlocal("bibtex_mhp"), tmp_path)
+  assert results["dataset"] == "bibtex" and results["eval_split"] == "test"
+  assert set(ML_KEYS) <= set(results)
+  assert results["P@1"] > 0.05, results  # random guessing: ~1.5%
+  assert (tmp_path / "results.json").exists()
+
+
+def test_runlocal_shakespeare_mhs_trains(tmp_path):
+  results = train.train_and_evaluate(_runlocal("shakespeare_mhs"), tmp_path)
+  assert not results["multilabel"]
+  assert {"acc@1", "acc@5"} <= set(results)
+  assert results["acc@5"] > 0.05, results  # top words ("the", "I", ...)
+
+
+def test_runlocal_xc_files_on_bibtex_trains(tmp_path, shared_data):
+  config = _runlocal("xc_files", **{
+      "data.train": str(shared_data / "bibtex" / "train.txt"),
+      "data.test": str(shared_data / "bibtex" / "test.txt"),
+      "head.type": "mhc"})
+  results = train.train_and_evaluate(config, tmp_path)
+  assert results["dataset"] == "xc_files" and results["head"] == "mhc"
+  assert results["num_classes"] == 159
+  assert set(ML_KEYS) <= set(results)
