@@ -150,3 +150,6 @@ def pick_some_labels_loss(scores: ArrayLike, positives: ArrayLike,
   count = picked.sum(-1)
   loss = per.sum(-1) / jnp.maximum(count, 1)
   return _apply_where(loss, where)
+
+
+psl = pick_some_labels_loss  # The name UniDEC's papers and configs use.
