@@ -1,0 +1,370 @@
+"""Accuracy on Bibtex and Delicious: every head, peer XMC libraries, published rows.
+
+For each dataset (official Mulan split, ``../shared/data/{name}/train.txt``,
+``test.txt``) this trains every ``configs/{dataset}_{method}.py`` that exists
+(vanilla, mhp, mhc, mhs, best, unidec, lightdxml) with
+:func:`mhe_jax.train.train_and_evaluate` on the test split, runs the peer
+libraries that are installed (the ``peers`` extra) on the same split and the
+same features, and adds the published Extreme Classification Repository rows
+as constants. Columns: P@1/3/5, nDCG@5, PSP@5 (propensity A=0.55, B=1.5 from
+the training labels, as in the trainer), train seconds.
+
+Peers get the tf-idf features our encoder computes (smooth idf of the
+training rows, L2-normalised rows: sklearn's ``TfidfTransformer``) and run
+with their own default settings (written into each row's ``settings``);
+their fit and predict are timed, and their top-5 predictions are scored with
+:mod:`mhe_jax.metrics`, exactly like our models.
+
+* napkinXC PLT (``napkinxc.models.PLT``): defaults (hierarchical k-means
+  tree of arity 2, <= 100 leaves per node, liblinear logistic loss, C=10,
+  weights threshold 0.1, exact tree search).
+* omikuji (``omikuji.Model.default_hyper_param()``): Parabel-like defaults
+  (3 trees, balanced 2-means, min branch size 100, linear loss type 0 =
+  squared hinge, C=1, eps 0.1, weights threshold 0.1), beam 10.
+* PECOS XR-Linear: only if ``pecos`` imports. Its releases pin numpy<2 and
+  scipy<1.14, which jax>=0.10 cannot use, so in mhe_jax's environment it is
+  reported as not installed.
+
+  python benchmarks/xmc_accuracy.py                    # everything -> JSON, PNG
+  python benchmarks/xmc_accuracy.py --datasets=bibtex --methods=vanilla,omikuji
+  python benchmarks/xmc_accuracy.py --quick            # runlocal configs, seconds
+  python benchmarks/xmc_accuracy.py --markdown_from=benchmarks/results/xmc_accuracy.json
+
+A run merges its rows into an existing ``--out`` JSON (same dataset and
+method replaced), so datasets or methods can be (re)run one at a time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import scipy.sparse as sp
+
+from mhe_jax import metrics as metrics_lib
+from mhe_jax.data import formats
+from mhe_jax.nn import encoders
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HEAD_METHODS = ("vanilla", "mhp", "mhc", "mhs", "best", "unidec", "lightdxml")
+PEER_METHODS = ("napkinxc_plt", "omikuji", "pecos_xr_linear")
+KS = (1, 3, 5)
+COLUMNS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5")
+
+# Extreme Classification Repository (Bhatia et al., "The extreme
+# classification repository: multi-label datasets and code",
+# http://manikvarma.org/downloads/XC/XMLRepository.html), published P@1/3/5.
+PUBLISHED = {
+    "bibtex": {
+        "SLEEC": (65.08, 39.64, 28.87),
+        "PfastreXML": (63.46, 39.22, 29.14),
+    },
+    "delicious": {
+        "FastXML": (69.61, 64.12, 59.27),
+        "PfastreXML": (67.13, 62.33, 58.62),
+    },
+}
+CITATION = ("K. Bhatia, K. Dahiya, H. Jain, P. Kar, A. Mittal, Y. Prabhu, "
+            "M. Varma. The Extreme Classification Repository: Multi-label "
+            "Datasets and Code. http://manikvarma.org/downloads/XC/"
+            "XMLRepository.html")
+
+_DATASETS = flags.DEFINE_list("datasets", ["bibtex", "delicious"], "Datasets.")
+_METHODS = flags.DEFINE_list(
+    "methods", list(HEAD_METHODS + PEER_METHODS) + ["published"],
+    "Methods: config suffixes (configs/{dataset}_{method}.py, skipped when "
+    "absent), peers, 'published'.")
+_QUICK = flags.DEFINE_bool("quick", False,
+                           "runlocal configs (seconds; numbers meaningless).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None,
+                                "Data root; default $MHE_DATA_DIR or ../shared/data.")
+_THREADS = flags.DEFINE_integer("threads", 2, "Threads for the peer libraries.")
+_MARKDOWN_FROM = flags.DEFINE_string(
+    "markdown_from", None, "Only print the tables of a results JSON.")
+_OUT = flags.DEFINE_string(
+    "out", str(REPO / "benchmarks" / "results" / "xmc_accuracy.json"),
+    "JSON results (merged into when it exists).")
+_PLOT = flags.DEFINE_string(
+    "plot", str(REPO / "benchmarks" / "results" / "xmc_accuracy.png"),
+    "PNG bar plot of P@1 and P@5; '' to skip.")
+
+
+def data_root() -> pathlib.Path:
+  if _DATA_DIR.value:
+    return pathlib.Path(_DATA_DIR.value)
+  if os.environ.get("MHE_DATA_DIR"):
+    return pathlib.Path(os.environ["MHE_DATA_DIR"])
+  return REPO.parent / "shared" / "data"
+
+
+def load_config(path: pathlib.Path, arg: str | None):
+  spec = importlib.util.spec_from_file_location(f"configs_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+# ------------------------------------------------------------------ scoring
+def tfidf(train_x: sp.csr_matrix, x: sp.csr_matrix) -> sp.csr_matrix:
+  """Rows of ``x`` weighted by the training idf and L2-normalised."""
+  idf = encoders.SparseMLPEncoder.idf_from_csr(train_x)
+  w = sp.csr_matrix(x @ sp.diags(idf), dtype=np.float32)
+  norms = np.sqrt(np.asarray(w.multiply(w).sum(axis=1)).ravel())
+  return sp.csr_matrix(sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ w,
+                       dtype=np.float32)
+
+
+def score(train: formats.XMCData, test: formats.XMCData,
+          topk: list[list[int]]) -> dict[str, float]:
+  """Our metrics (as the trainer computes them) of top-5 label lists."""
+  pred = np.full((len(topk), max(KS)), -1, np.int64)
+  for i, row in enumerate(topk):
+    row = list(row)[:max(KS)]
+    pred[i, :len(row)] = row
+  counts = np.asarray(train.Y.sum(axis=0)).ravel()
+  inv_p = metrics_lib.inverse_propensity(counts, train.num_examples)
+  acc = metrics_lib.XMCMetrics(KS, inv_propensity=inv_p,
+                               num_labels=train.num_labels)
+  acc.update(pred, test.padded_labels())
+  return acc.compute()
+
+
+# -------------------------------------------------------------------- peers
+def _napkinxc_plt(x_tr, train, x_te, workdir):
+  from napkinxc.models import PLT  # pylint: disable=g-import-not-at-top
+  model = PLT(str(workdir / "plt"), threads=_THREADS.value, seed=0)
+  y_tr = [train.Y.indices[a:b].tolist() for a, b in
+          zip(train.Y.indptr[:-1], train.Y.indptr[1:])]
+  t0 = time.perf_counter()
+  model.fit(x_tr, y_tr)
+  fit_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  pred = model.predict(x_te, top_k=max(KS))
+  return pred, fit_s, time.perf_counter() - t0, (
+      "napkinxc.models.PLT defaults: hierarchicalKmeans tree, arity 2, "
+      "max_leaves 100, liblinear log loss, C=10, eps 0.1, weights threshold "
+      "0.1, exact search")
+
+
+def _omikuji(x_tr, train, x_te, workdir):
+  import omikuji  # pylint: disable=g-import-not-at-top
+  path = workdir / "omikuji_train.txt"
+  formats.write_xc(formats.XMCData(x_tr, train.Y), path)
+  hp = omikuji.Model.default_hyper_param()
+  t0 = time.perf_counter()
+  model = omikuji.Model.train_on_data(str(path), hp,
+                                      n_threads=_THREADS.value)
+  fit_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  pred = []
+  for a, b in zip(x_te.indptr[:-1], x_te.indptr[1:]):
+    pairs = list(zip(x_te.indices[a:b].tolist(), x_te.data[a:b].tolist()))
+    pred.append([label for label, _ in model.predict(pairs, top_k=max(KS))])
+  settings = ", ".join(f"{k}={getattr(hp, k)}" for k in (
+      "n_trees", "cluster_k", "min_branch_size", "max_depth", "linear_loss_type",
+      "linear_c", "linear_eps", "linear_max_iter", "linear_weight_threshold"))
+  return pred, fit_s, time.perf_counter() - t0, (
+      f"omikuji.Model.default_hyper_param(): {settings}; beam 10")
+
+
+def _pecos(x_tr, train, x_te, workdir):
+  del workdir
+  from pecos.xmc import Indexer, LabelEmbeddingFactory  # pylint: disable=g-import-not-at-top
+  from pecos.xmc.xlinear.model import XLinearModel  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  y_tr = sp.csr_matrix(train.Y, dtype=np.float32)
+  label_feat = LabelEmbeddingFactory.create(y_tr, x_tr, method="pifa")
+  clusters = Indexer.gen(label_feat)
+  model = XLinearModel.train(x_tr, y_tr, C=clusters)
+  fit_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  scores = model.predict(x_te, only_topk=max(KS)).tocsr()
+  pred = []
+  for a, b in zip(scores.indptr[:-1], scores.indptr[1:]):
+    order = np.argsort(-scores.data[a:b], kind="stable")
+    pred.append(scores.indices[a:b][order].tolist())
+  return pred, fit_s, time.perf_counter() - t0, (
+      "PECOS XLinearModel.train defaults, PIFA label embedding, "
+      "hierarchical 2-means indexer, beam 10")
+
+
+PEERS = {"napkinxc_plt": ("napkinxc", _napkinxc_plt),
+         "omikuji": ("omikuji", _omikuji),
+         "pecos_xr_linear": ("pecos", _pecos)}
+
+
+def run_peer(method: str, dataset: str, train, test) -> dict:
+  module, fn = PEERS[method]
+  try:
+    __import__(module)
+  except Exception as e:  # pylint: disable=broad-except
+    return {"dataset": dataset, "method": method, "kind": "peer",
+            "skipped": f"{module} not importable: {type(e).__name__}: {e}"}
+  x_tr, x_te = tfidf(train.X, train.X), tfidf(train.X, test.X)
+  with tempfile.TemporaryDirectory() as workdir:
+    pred, fit_s, predict_s, settings = fn(x_tr, train, x_te,
+                                          pathlib.Path(workdir))
+  return {"dataset": dataset, "method": method, "kind": "peer",
+          "settings": settings, "train_seconds": fit_s,
+          "predict_seconds": predict_s, **score(train, test, pred)}
+
+
+def run_config(method: str, dataset: str) -> dict | None:
+  from mhe_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  path = REPO / "configs" / f"{dataset}_{method}.py"
+  if not path.exists():
+    return None
+  config = load_config(path, "runlocal" if _QUICK.value else None)
+  if _DATA_DIR.value:
+    config.data.data_dir = _DATA_DIR.value
+  config.checkpoint_every = 0
+  with tempfile.TemporaryDirectory() as workdir:
+    results = train_lib.train_and_evaluate(config, workdir)
+  if results["eval_split"] != "test":
+    raise ValueError(f"{path} evaluates on {results['eval_split']!r}, not test")
+  keep = ("steps", "train_seconds", "compile_seconds", "num_params",
+          "train_examples_per_second") + tuple(
+              k for k in results if "@" in k)
+  return {"dataset": dataset, "method": method, "kind": "mhe_jax",
+          "config": f"configs/{path.name}" + (":runlocal" if _QUICK.value
+                                              else ""),
+          "head": results["head"], **{k: results[k] for k in keep}}
+
+
+def published_rows(dataset: str) -> list[dict]:
+  return [{"dataset": dataset, "method": name, "kind": "published",
+           "citation": CITATION,
+           **{f"P@{k}": v / 100 for k, v in zip(KS, row)}}
+          for name, row in PUBLISHED.get(dataset, {}).items()]
+
+
+# ------------------------------------------------------------------- output
+def _fmt(row: dict, key: str) -> str:
+  value = row.get(key)
+  if value is None:
+    return "-"
+  if key.endswith("seconds"):
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+  return f"{100 * value:.1f}"
+
+
+def markdown_table(results: dict) -> str:
+  out = []
+  for dataset in dict.fromkeys(r["dataset"] for r in results["rows"]):
+    rows = [r for r in results["rows"]
+            if r["dataset"] == dataset and "skipped" not in r]
+    out.append(f"**{dataset}** (test split)\n")
+    out.append("| method | kind | " + " | ".join(COLUMNS) + " | train s |")
+    out.append("|---|---|" + "---|" * (len(COLUMNS) + 1))
+    for r in rows:
+      name = r["method"] if r["kind"] != "mhe_jax" else f"mhe_jax {r['method']}"
+      out.append(f"| {name} | {r['kind']} | " + " | ".join(
+          _fmt(r, c) for c in COLUMNS + ("train_seconds",)) + " |")
+    for r in results["rows"]:
+      if r["dataset"] == dataset and "skipped" in r:
+        out.append(f"\n{r['method']}: skipped ({r['skipped']})")
+    out.append("")
+  return "\n".join(out)
+
+
+def plot(results: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  datasets = list(dict.fromkeys(r["dataset"] for r in results["rows"]))
+  fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5),
+                           squeeze=False)
+  colors = {"mhe_jax": "tab:blue", "peer": "tab:orange",
+            "published": "tab:gray"}
+  for ax, dataset in zip(axes[0], datasets):
+    rows = [r for r in results["rows"]
+            if r["dataset"] == dataset and "P@1" in r]
+    x = np.arange(len(rows))
+    for j, (key, hatch) in enumerate((("P@1", ""), ("P@5", "//"))):
+      ax.bar(x + (j - 0.5) * 0.4, [100 * r[key] for r in rows], 0.4,
+             color=[colors[r["kind"]] for r in rows], hatch=hatch,
+             edgecolor="black", linewidth=0.5, label=key)
+    ax.set_xticks(x, [r["method"] for r in rows], rotation=45, ha="right")
+    ax.set_title(f"{dataset}: P@1 (plain) and P@5 (hatched), test split")
+    ax.set_ylabel("%")
+    ax.grid(axis="y", alpha=0.3)
+  handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+  fig.legend(handles, list(colors), loc="upper right", ncol=3)
+  fig.tight_layout(rect=(0, 0, 1, 0.93))
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def machine() -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  return {"platform": platform.platform(), "processor": platform.machine(),
+          "cpu_count": os.cpu_count(), "load_average_start": os.getloadavg(),
+          "jax": jax.__version__, "devices": str(jax.devices()),
+          "python": sys.version.split()[0]}
+
+
+def main(argv):
+  del argv
+  if _MARKDOWN_FROM.value:
+    print(markdown_table(json.loads(pathlib.Path(_MARKDOWN_FROM.value)
+                                    .read_text())))
+    return
+  out = pathlib.Path(_OUT.value)
+  results = json.loads(out.read_text()) if out.exists() else {"rows": []}
+  results["runs"] = results.get("runs", [])
+  results["runs"].append({
+      "command": "python " + " ".join(sys.argv),
+      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"), "machine": machine()})
+  new_rows = []
+  for dataset in _DATASETS.value:
+    root = data_root() / dataset
+    train = formats.read_xc(root / "train.txt")
+    test = formats.read_xc(root / "test.txt")
+    for method in _METHODS.value:
+      if method in HEAD_METHODS:
+        row = run_config(method, dataset)
+      elif method in PEERS:
+        row = run_peer(method, dataset, train, test)
+      elif method == "published":
+        new_rows.extend(published_rows(dataset))
+        continue
+      else:
+        raise ValueError(f"--methods: unknown method {method!r}; known: "
+                         f"{HEAD_METHODS + tuple(PEERS) + ('published',)}")
+      if row is not None:
+        print({k: v for k, v in row.items() if k in COLUMNS + (
+            "method", "dataset", "train_seconds", "skipped")}, flush=True)
+        new_rows.append(row)
+  replaced = {(r["dataset"], r["method"]) for r in new_rows}
+  kept = [r for r in results["rows"]
+          if (r["dataset"], r["method"]) not in replaced]
+  order = {m: i for i, m in enumerate(HEAD_METHODS + tuple(PEERS))}
+  rows = kept + new_rows
+  datasets = ("bibtex", "delicious")
+  rows.sort(key=lambda r: (datasets.index(r["dataset"])
+                           if r["dataset"] in datasets else 99,
+                           {"mhe_jax": 0, "peer": 1, "published": 2}[r["kind"]],
+                           order.get(r["method"], 99)))
+  results["rows"] = rows
+  results["quick"] = _QUICK.value
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=1))
+  print(markdown_table(results))
+  if _PLOT.value:
+    plot(results, _PLOT.value)
+    print(f"wrote {out} and {_PLOT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

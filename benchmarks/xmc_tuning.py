@@ -1,0 +1,119 @@
+"""Validation-only tuning trials for the Bibtex / Delicious configs.
+
+Each trial is a config module plus overrides, trained with
+``data.validation_fraction`` (the last fraction of the *training* file is
+held out and evaluated; the test file is never read for scores). Every trial
+is appended to ``benchmarks/results/xmc_tuning.json`` with its settings,
+validation P@1/P@3/P@5 and train seconds, so the README can say what was
+tuned and how.
+
+  python benchmarks/xmc_tuning.py --config=configs/bibtex_vanilla.py \
+      --set=encoder.hidden=() --set=encoder.embed_dim=1024
+  python benchmarks/xmc_tuning.py --markdown   # the trial log as a table
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime
+import importlib.util
+import json
+import pathlib
+import platform
+import tempfile
+
+from absl import app
+from absl import flags
+
+_CONFIG = flags.DEFINE_string("config", None, "Config module to start from.")
+_SET = flags.DEFINE_multi_string(
+    "set", [], "KEY=VALUE override (VALUE a python literal), repeatable.")
+_VALIDATION = flags.DEFINE_float("validation_fraction", 0.2,
+                                 "Tail of train held out for scoring.")
+_NOTE = flags.DEFINE_string("note", "", "Free text stored with the trial.")
+_MARKDOWN = flags.DEFINE_bool("markdown", False,
+                              "Only print the trial log as a markdown table.")
+_OUT = flags.DEFINE_string(
+    "out", str(pathlib.Path(__file__).parent / "results" / "xmc_tuning.json"),
+    "Trial log (JSON list), appended to.")
+
+
+def load_config(path: str, arg: str | None = None):
+  spec = importlib.util.spec_from_file_location(
+      f"configs_{pathlib.Path(path).stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+  """``'encoder.hidden=(512,)'`` -> ``('encoder.hidden', (512,))``."""
+  if "=" not in text:
+    raise ValueError(f"--set={text!r} is not KEY=VALUE")
+  key, value = text.split("=", 1)
+  try:
+    return key.strip(), ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return key.strip(), value  # a bare string such as adamw
+
+
+def apply_overrides(config, overrides: dict[str, object]):
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"--set {key}: unknown config key {leaf!r}")
+    node[leaf] = value
+  return config
+
+
+def markdown(trials: list[dict]) -> str:
+  rows = ["| dataset | config | overrides | val P@1 | val P@3 | val P@5 | "
+          "train s |", "|---|---|---|---|---|---|---|"]
+  for t in trials:
+    sets = ", ".join(f"{k}={v}" for k, v in t["overrides"].items()) or "-"
+    rows.append(f"| {t['dataset']} | {t['config']} | {sets} | "
+                f"{100 * t['P@1']:.1f} | {100 * t['P@3']:.1f} | "
+                f"{100 * t['P@5']:.1f} | {t['train_seconds']:.0f} |")
+  return "\n".join(rows)
+
+
+def main(argv):
+  del argv
+  out = pathlib.Path(_OUT.value)
+  trials = json.loads(out.read_text()) if out.exists() else []
+  if _MARKDOWN.value:
+    print(markdown(trials))
+    return
+  from mhe_jax import train  # pylint: disable=g-import-not-at-top
+  overrides = dict(parse_override(s) for s in _SET.value)
+  config = apply_overrides(load_config(_CONFIG.value), overrides)
+  config.data.validation_fraction = _VALIDATION.value
+  config.checkpoint_every = 0
+  with tempfile.TemporaryDirectory() as workdir:
+    results = train.train_and_evaluate(config, workdir)
+  assert results["eval_split"] == "validation", results["eval_split"]
+  trial = {
+      "dataset": results["dataset"],
+      "config": pathlib.Path(_CONFIG.value).stem,
+      "overrides": {k: list(v) if isinstance(v, tuple) else v
+                    for k, v in overrides.items()},
+      "validation_fraction": _VALIDATION.value,
+      "note": _NOTE.value,
+      "P@1": results["P@1"], "P@3": results["P@3"], "P@5": results["P@5"],
+      "train_seconds": results["train_seconds"],
+      "num_params": results["num_params"],
+      "machine": f"{platform.node()} {platform.machine()}",
+      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+  }
+  trials.append(trial)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(trials, indent=1))
+  print(markdown([trial]))
+
+
+if __name__ == "__main__":
+  app.run(main)
