@@ -60,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.encoder.hidden = (256,)   # Hidden widths of the MLP after the embedding.
   c.encoder.dropout = 0.0     # Dropout rate in the MLP (training only).
   c.encoder.tfidf = True      # sparse_mlp: weight feature values by idf.
+  c.encoder.input_dropout = 0.0  # sparse_mlp: drop input features (training).
 
   c.head = ml_collections.ConfigDict()
   c.head.type = "mhp"         # Head: see mhe_jax.registry.HEADS.

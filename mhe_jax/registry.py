@@ -224,7 +224,8 @@ def _sparse_mlp(cfg, data: Dataset, rngs):
                      f"this one gives {data.input_keys}")
   return encoders.SparseMLPEncoder(
       data.input_size, cfg.embed_dim, tuple(cfg.hidden), dropout=cfg.dropout,
-      tfidf_idf=data.idf if cfg.tfidf else None, rngs=rngs)
+      tfidf_idf=data.idf if cfg.tfidf else None,
+      input_dropout=cfg.input_dropout, rngs=rngs)
 
 
 def _token_context(cfg, data: Dataset, rngs):

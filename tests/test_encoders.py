@@ -184,6 +184,25 @@ def test_dropout_only_in_training():
   assert not np.array_equal(a, b)
 
 
+def test_input_dropout_drops_whole_features_before_normalising():
+  # With an identity embedding the bag is the normalised weight row itself,
+  # so the kept features can be read off and compared with numpy.
+  ids, values, dense = padded_batch(seed=3, batch=64, width=12)
+  enc = SparseMLPEncoder(V, V, (), input_dropout=0.5, rngs=nnx.Rngs(0))
+  enc.embedding[...] = jnp.eye(V)
+  np.testing.assert_allclose(apply(enc, ids, values), np_bag(dense, np.eye(V)),
+                             rtol=1e-5, atol=1e-6)  # eval: no dropout
+  out = np.asarray(apply(enc, ids, values, train=True))
+  kept = out != 0
+  assert not np.any(kept & (dense == 0))  # only present features survive
+  np.testing.assert_allclose(out, np_bag(dense * kept, np.eye(V)),
+                             rtol=1e-5, atol=1e-6)
+  frac = kept.sum() / (dense != 0).sum()
+  assert 0.4 < frac < 0.6, frac  # ~ 1 - rate of ~390 present features
+  with pytest.raises(ValueError, match="input_dropout"):
+    SparseMLPEncoder(V, D, (), input_dropout=1.0, rngs=nnx.Rngs(0))
+
+
 def test_logical_axis_names():
   # As a trainer reads them: from an abstract module, before placing it.
   enc = nnx.eval_shape(lambda: SparseMLPEncoder(

@@ -200,6 +200,11 @@ class SparseMLPEncoder(nnx.Module):
     embed_dim: ``D``, the width of the embedding table ``E`` ``[V, D]``.
     hidden: MLP widths after the bag.
     dropout: dropout rate after each MLP ReLU, only with ``train=True``.
+    input_dropout: with ``train=True``, drops each (non-padding) feature of
+      an example with this probability before step 2 (word dropout; the
+      kept weights are scaled by ``1 / (1 - rate)``, which the L2
+      normalisation then cancels). It also regularises ``hidden=()``, where
+      ``dropout`` has no layer to act on.
     tfidf_idf: optional float ``[V]`` idf weights, e.g.
       :meth:`idf_from_csr` of the training features; stored as a fixed
       :class:`Idf` variable (not trained).
@@ -220,13 +225,17 @@ class SparseMLPEncoder(nnx.Module):
                hidden: Sequence[int] = (), *, dropout: float = 0.0,
                tfidf_idf: ArrayLike | None = None, normalize: bool = True,
                layer_norm: bool = False, dtype: jnp.dtype = jnp.float32,
-               rngs: nnx.Rngs):
+               input_dropout: float = 0.0, rngs: nnx.Rngs):
     if num_features < 1 or embed_dim < 1:
       raise ValueError(f"num_features and embed_dim must be >= 1, got "
                        f"{num_features}, {embed_dim}")
     self.num_features = num_features
     self.embed_dim = embed_dim
     self.normalize = normalize
+    if not 0.0 <= input_dropout < 1.0:
+      raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
+    self.input_dropout = (nnx.Dropout(input_dropout, rngs=rngs)
+                          if input_dropout > 0 else None)
     init = _partitioned(
         nnx.initializers.normal(1.0 / np.sqrt(embed_dim)),
         ("vocab", "embed"))
@@ -270,9 +279,12 @@ class SparseMLPEncoder(nnx.Module):
     idf_v = np.log((1.0 + n) / (1.0 + df_v)) + 1.0
     return idf_v.astype(np.float32)
 
-  def bag(self, feature_ids: ArrayLike,
-          feature_values: ArrayLike) -> jax.Array:
-    """The embedding bag (steps 1-3) alone: float32 ``[B, D]``."""
+  def bag(self, feature_ids: ArrayLike, feature_values: ArrayLike, *,
+          train: bool = False) -> jax.Array:
+    """The embedding bag (steps 1-3) alone: float32 ``[B, D]``.
+
+    ``train=True`` applies ``input_dropout`` (if any) to the weights.
+    """
     ids_bf = jnp.asarray(feature_ids)
     if not jnp.issubdtype(ids_bf.dtype, jnp.integer):
       raise TypeError(f"feature_ids must be integers, got {ids_bf.dtype}")
@@ -286,6 +298,8 @@ class SparseMLPEncoder(nnx.Module):
     w_bf = jnp.where(valid_bf, values_bf, 0.0)
     if self.idf is not None:
       w_bf = w_bf * _take_rows(self.idf[...], safe_bf)
+    if self.input_dropout is not None:
+      w_bf = self.input_dropout(w_bf, deterministic=not train)
     if self.normalize:
       norm_b1 = jnp.sqrt(jnp.sum(w_bf * w_bf, axis=-1, keepdims=True))
       w_bf = w_bf / jnp.where(norm_b1 > 0, norm_b1, 1.0)
@@ -305,7 +319,8 @@ class SparseMLPEncoder(nnx.Module):
     Returns:
       ``[B, out_features]`` in ``dtype``.
     """
-    return self.mlp(self.bag(feature_ids, feature_values), train=train)
+    return self.mlp(self.bag(feature_ids, feature_values, train=train),
+                    train=train)
 
 
 class TokenContextEncoder(nnx.Module):
