@@ -74,10 +74,41 @@ def param_count(name: str, num_classes: int) -> int:
   return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
 
 
-def bench(name: str, num_classes: int):
+def create(name: str, num_classes: int):
+  """The head and its adam optimiser (call under nnx.eval_shape to size it)."""
   head = make_head(name, num_classes, nnx.Rngs(0))
-  optimizer = nnx.Optimizer(head, optax.adam(1e-3), wrt=nnx.Param)
-  graphdef, state = nnx.split((head, optimizer))
+  return head, nnx.Optimizer(head, optax.adam(1e-3), wrt=nnx.Param)
+
+
+def memory_stats(compiled) -> dict[str, int] | None:
+  """Byte counts of a compiled program (``Compiled.memory_analysis()``).
+
+  ``memory_bytes`` = arguments + outputs + temporaries (donated state counted
+  twice, as in heads.json); ``live_bytes`` = the same minus the aliased
+  (donated) outputs, i.e. what the step needs alive at once.
+  """
+  mem = compiled.memory_analysis()
+  if mem is None:
+    return None
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
+           mem.temp_size_in_bytes)
+  return dict(memory_bytes=int(total),
+              live_bytes=int(total - mem.alias_size_in_bytes),
+              argument_bytes=int(mem.argument_size_in_bytes),
+              output_bytes=int(mem.output_size_in_bytes),
+              alias_bytes=int(mem.alias_size_in_bytes),
+              temp_bytes=int(mem.temp_size_in_bytes))
+
+
+def compile_step(name: str, num_classes: int):
+  """Compiles the train step from abstract shapes (nothing is allocated).
+
+  Returns ``(compiled, init, graphdef)``: ``compiled(state, x, y, rng) ->
+  (state, loss)`` donates ``state``; ``init()`` materialises the state;
+  ``nnx.merge(graphdef, state)`` gives back ``(head, optimizer)``.
+  """
+  abstract = nnx.eval_shape(lambda: create(name, num_classes))
+  graphdef, abstract_state = nnx.split(abstract)
 
   def step(state, x, y, rng):
     head, optimizer = nnx.merge(graphdef, state)
@@ -85,25 +116,55 @@ def bench(name: str, num_classes: int):
     optimizer.update(head, grads)
     return nnx.state((head, optimizer)), loss
 
+  x, y, key = jax.eval_shape(inputs, num_classes)
+  compiled = jax.jit(step, donate_argnums=0).lower(
+      abstract_state, x, y, key).compile()
+  init = jax.jit(lambda: nnx.split(create(name, num_classes))[1])
+  return compiled, init, graphdef
+
+
+def inputs(num_classes: int):
+  """Features ``x [B, d]``, labels ``y [B]`` and an rng key."""
   key = jax.random.key(1)
   x = jax.random.normal(key, (_BATCH.value, _DIM.value))
   y = jax.random.randint(jax.random.fold_in(key, 1), (_BATCH.value,), 0,
                          num_classes)
-  step_jit = jax.jit(step, donate_argnums=0)
-  compiled = step_jit.lower(state, x, y, key).compile()
-  mem = compiled.memory_analysis()
-  mem_bytes = None if mem is None else int(
-      mem.argument_size_in_bytes + mem.output_size_in_bytes +
-      mem.temp_size_in_bytes)
+  return x, y, key
+
+
+def median_seconds(fn, repeats: int) -> float:
+  """Median wall time of ``fn(i)`` (which must block) over ``repeats`` calls."""
+  times = []
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    fn(i)
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def run_steps(compiled, state, num_classes: int, repeats: int):
+  """One warm-up step, then the median of ``repeats`` timed steps.
+
+  Returns ``(seconds, loss, state)`` (``state`` is donated and replaced).
+  """
+  x, y, key = inputs(num_classes)
   state, loss = compiled(state, x, y, key)
   jax.block_until_ready(loss)
-  times = []
-  for i in range(_REPEATS.value):
-    t0 = time.perf_counter()
-    state, loss = compiled(state, x, y, jax.random.fold_in(key, i))
-    jax.block_until_ready(loss)
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)), mem_bytes, float(loss)
+  out = [state, loss]
+
+  def one(i):
+    out[0], out[1] = compiled(out[0], x, y, jax.random.fold_in(key, i))
+    jax.block_until_ready(out[1])
+
+  seconds = median_seconds(one, repeats)
+  return seconds, float(out[1]), out[0]
+
+
+def bench(name: str, num_classes: int):
+  compiled, init, _ = compile_step(name, num_classes)
+  mem = memory_stats(compiled)
+  sec, loss, _ = run_steps(compiled, init(), num_classes, _REPEATS.value)
+  return sec, None if mem is None else mem["memory_bytes"], loss
 
 
 def markdown_table(results: dict) -> str:

@@ -1,0 +1,208 @@
+"""Large vocabulary: Shakespeare next word, vanilla softmax vs MHE heads.
+
+Trains every setting below with :func:`mhe_jax.train.train_and_evaluate` on
+the same task, encoder and schedule (the ``configs/shakespeare_*.py``
+configs: 4 previous words -> token_context encoder -> head; 11,697 classes;
+600 steps of 256; adam 2e-3 cosine) and evaluates on the test part:
+
+* ``vanilla``: full softmax over 11,697 words (``shakespeare_vanilla``).
+* ``mhp H=2`` / ``mhp H=3``: Multi-Head Product (``shakespeare_mhp``,
+  ``shakespeare_mhp3``).
+* ``mhs``: Multi-Head Sampling, full classifier trained on 256 sampled groups
+  of 12 words (``shakespeare_mhs``).
+* ``mhc H=2``: Multi-Head Cascade, ``shakespeare_mhp`` with
+  ``head.type=mhc`` (untuned defaults: beam 16, hidden 64).
+
+For each it records acc@1 / acc@5, the train-loop time per step after
+compilation ((train_seconds - compile_seconds) / (steps - 1) from the
+trainer's results, so it includes batching on the host), the head's
+parameters (``nnx.Param`` leaves of ``model.head``), the encoder's and the
+whole model's. Prints a markdown table and writes JSON.
+
+  python benchmarks/shakespeare.py                  # ~6 min on 2 CPU cores
+  python benchmarks/shakespeare.py --quick          # 'runlocal' configs, ~1 min
+  python benchmarks/shakespeare.py --markdown_from=benchmarks/results/shakespeare.json
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from flax import nnx
+import jax
+import numpy as np
+
+from mhe_jax import registry
+from mhe_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# (name, config module in configs/, overrides as dotted key -> value)
+SETTINGS = (
+    ("vanilla", "shakespeare_vanilla", {}),
+    ("mhp H=2", "shakespeare_mhp", {}),
+    ("mhp H=3", "shakespeare_mhp3", {}),
+    ("mhs", "shakespeare_mhs", {}),
+    ("mhc H=2", "shakespeare_mhp", {"head.type": "mhc"}),
+)
+
+_SETTINGS = flags.DEFINE_list(
+    "settings", [s[0] for s in SETTINGS], "Which settings to run, by name.")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "Use the configs' 'runlocal' variants (seconds each).")
+_SEEDS = flags.DEFINE_list(
+    "seeds", ["0"], "config.seed values; every setting runs once per seed "
+    "(initialisation and data order change; the split does not).")
+_MARKDOWN_FROM = flags.DEFINE_string(
+    "markdown_from", None, "Only print the README table of a results JSON.")
+_OUT = flags.DEFINE_string(
+    "out", str(REPO / "benchmarks" / "results" / "shakespeare.json"),
+    "Where to write the JSON results.")
+
+
+def load_config(module: str, arg: str | None, overrides: dict):
+  """``configs/<module>.py``'s ``get_config(arg)`` with dotted overrides."""
+  path = REPO / "configs" / f"{module}.py"
+  spec = importlib.util.spec_from_file_location(f"configs_{module}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config(arg)
+  for key, value in overrides.items():
+    *parents, last = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[last] = value
+  return config
+
+
+def _count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in
+                 jax.tree.leaves(nnx.state(tree, nnx.Param))))
+
+
+def param_counts(config) -> dict[str, int]:
+  """Head / encoder / model parameters, from abstract shapes (no allocation)."""
+  data = registry.load_dataset(config.data, config.seed)
+  model = nnx.eval_shape(
+      lambda: registry.build_model(config, data, nnx.Rngs(config.seed)))
+  return dict(head_params=_count(model.head),
+              encoder_params=_count(model.encoder), model_params=_count(model))
+
+
+def run_setting(name: str, module: str, overrides: dict, quick: bool,
+                seed: int) -> dict:
+  config = load_config(module, "runlocal" if quick else None, overrides)
+  config.seed = seed
+  counts = param_counts(config)
+  with tempfile.TemporaryDirectory(prefix="mhe_shakespeare_") as workdir:
+    t0 = time.perf_counter()
+    results = train.train_and_evaluate(config, workdir)
+    wall = time.perf_counter() - t0
+  steps = results["steps"]
+  step_seconds = ((results["train_seconds"] - results["compile_seconds"]) /
+                  (steps - 1) if steps > 1 else None)
+  assert counts["model_params"] == results["num_params"], (counts, results)
+  return dict(
+      setting=name, config=module, overrides=overrides, seed=seed,
+      head=config.head.type, num_heads=config.head.num_heads,
+      num_classes=results["num_classes"], steps=steps,
+      batch_size=config.batch_size, acc1=results["acc@1"],
+      acc5=results["acc@5"], train_seconds=results["train_seconds"],
+      compile_seconds=results["compile_seconds"], step_seconds=step_seconds,
+      train_examples_per_second=results["train_examples_per_second"],
+      wall_seconds=wall, **counts)
+
+
+def _mean_std(rows, key) -> tuple[float, float]:
+  values = np.array([r[key] for r in rows], dtype=np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+  """One entry per setting: means (and sample std) over its seeds."""
+  out = []
+  for name in dict.fromkeys(r["setting"] for r in rows):
+    runs = [r for r in rows if r["setting"] == name]
+    entry = {k: runs[0][k] for k in ("setting", "head", "head_params",
+                                     "encoder_params", "model_params")}
+    entry["seeds"] = [r.get("seed", 0) for r in runs]
+    for key in ("acc1", "acc5", "step_seconds", "train_seconds"):
+      entry[key], entry[key + "_std"] = _mean_std(runs, key)
+    out.append(entry)
+  return out
+
+
+def markdown_table(results: dict) -> str:
+  rows = summarize(results["rows"])
+  base = next((r for r in rows if r["head"] == "vanilla"), None)
+  multi = any(len(r["seeds"]) > 1 for r in rows)
+  pm = (lambda r, k: f" ± {100 * r[k + '_std']:.1f}") if multi else (
+      lambda r, k: "")
+  lines = [
+      "| head | acc@1 | acc@5 | Δ acc@1 / acc@5 vs vanilla | train ms/step "
+      "(speed-up) | train loop s | head params (share of vanilla's) | "
+      "encoder params | model params |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if base is None:
+      delta = speed = share = "-"
+    else:
+      delta = (f"{100 * (r['acc1'] - base['acc1']):+.1f} / "
+               f"{100 * (r['acc5'] - base['acc5']):+.1f}")
+      speed = f"{base['step_seconds'] / r['step_seconds']:.1f}x"
+      share = f"{100 * r['head_params'] / base['head_params']:.1f}%"
+    lines.append(
+        f"| {r['setting']} | {100 * r['acc1']:.1f}{pm(r, 'acc1')} | "
+        f"{100 * r['acc5']:.1f}{pm(r, 'acc5')} | {delta} | "
+        f"{1e3 * r['step_seconds']:.1f} ({speed}) | "
+        f"{r['train_seconds']:.0f} | {r['head_params']:,} ({share}) | "
+        f"{r['encoder_params']:,} | {r['model_params']:,} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  if _MARKDOWN_FROM.value:
+    print(markdown_table(json.loads(pathlib.Path(_MARKDOWN_FROM.value).read_text())))
+    return
+  known = {s[0]: s for s in SETTINGS}
+  unknown = set(_SETTINGS.value) - set(known)
+  if unknown:
+    raise ValueError(f"--settings: unknown {sorted(unknown)}; known: "
+                     f"{sorted(known)}")
+  meta = dict(benchmark="shakespeare", quick=_QUICK.value,
+              seeds=[int(s) for s in _SEEDS.value],
+              jax=jax.__version__, devices=[str(d) for d in jax.devices()],
+              cpu_count=os.cpu_count(), machine=platform.machine(),
+              time=time.strftime("%Y-%m-%d %H:%M"))
+  results = dict(meta=meta, rows=[])
+  out = pathlib.Path(_OUT.value)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  t_start = time.perf_counter()
+  for seed, name in [(int(s), n) for s in _SEEDS.value
+                     for n in _SETTINGS.value]:
+    _, module, overrides = known[name]
+    row = run_setting(name, module, overrides, _QUICK.value, seed)
+    results["rows"].append(row)
+    print(f"{name:<9} seed {seed}  acc@1 {100 * row['acc1']:5.1f}  acc@5 "
+          f"{100 * row['acc5']:5.1f}  {1e3 * row['step_seconds']:7.1f} ms/step"
+          f"  head {row['head_params']:>10,}  model {row['model_params']:>10,}",
+          flush=True)
+    meta.update(load_average=os.getloadavg(),
+                wall_seconds=time.perf_counter() - t_start)
+    out.write_text(json.dumps(results, indent=1))  # partial results survive
+  print(markdown_table(results))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,48 @@
+"""Shakespeare next word (11,697 classes): MHP head, 3 heads (26 x 25 x 18).
+
+Tiny-shakespeare, whitespace tokens, min_count 1: 11,697 classes; the last
+10% of the stream is the test part. Same encoder and schedule as the other
+Shakespeare configs: 4 previous tokens -> token_context encoder (128-d
+embeddings concatenated, one 512 ReLU layer); adam 2e-3, cosine to 0,
+batch 256, 600 steps.
+Three softmax heads (per-head CE on the word's three digits; balanced radices
+(26, 25, 18), 11,700 codes); top-1 is the per-head argmax, top-5 the exact
+product top-k over valid words. The head has 512 * 69 weights instead of
+512 * 11,697 (vanilla) or 512 * 217 (shakespeare_mhp).
+
+Command:   python -m mhe_jax.main --config=configs/shakespeare_mhp3.py --workdir=/tmp/shakespeare_mhp3
+Hardware:  2-core CPU, no accelerator (shared with other jobs).
+Walltime:  50 s measured end to end, run by benchmarks/shakespeare.py (39 s
+           in the training loop, 1,795,269 parameters, 600 steps; load ~12).
+Reached:   acc@1 = 14.0, acc@5 = 27.6 (test split, seed 0).
+Reference: shakespeare_vanilla 15.0 / 31.4, shakespeare_mhp (H = 2)
+           14.7 / 30.6 (acc@1 / acc@5).
+Tuning:    none (no run on the test split before the one above).
+Arguments: ``--config=configs/shakespeare_mhp3.py:runlocal`` shrinks it to seconds.
+"""
+
+from mhe_jax import config_lib
+
+
+def get_config(arg: str | None = None):
+  config = config_lib.base_config()
+  config.name = "shakespeare_mhp3"
+  config.data.name = "shakespeare"
+  config.data.context = 4
+  config.data.min_count = 1
+  config.encoder.type = "token_context"
+  config.encoder.embed_dim = 128
+  config.encoder.hidden = (512,)
+  config.head.type = "mhp"
+  config.head.num_heads = 3
+  config.batch_size = 256
+  config.eval_batch_size = 1024
+  config.num_train_steps = 600
+  config.log_every = 100
+  config.checkpoint_every = 0
+  config.optimizer.learning_rate = 2e-3
+  if arg == "runlocal":  # the full test split is still evaluated
+    config.encoder.embed_dim = 32
+    config.encoder.hidden = (128,)
+    config.num_train_steps = 20
+  return config
