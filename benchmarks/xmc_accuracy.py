@@ -3,7 +3,10 @@
 For each dataset (official Mulan split, ``../shared/data/{name}/train.txt``,
 ``test.txt``) this trains every ``configs/{dataset}_{method}.py`` that exists
 (vanilla, mhp, mhc, mhs, best, unidec, lightdxml) with
-:func:`mhe_jax.train.train_and_evaluate` on the test split, runs the peer
+:func:`mhe_jax.train.train_and_evaluate` on the test split; ``best_ensemble``
+trains ``configs/{dataset}_best.py`` with ``--ensemble`` seeds (0, 1, ...)
+and ranks labels by the sum of the models' head scores (their logits for a
+BCE classifier), scored like every other row. It then runs the peer
 libraries that are installed (the ``peers`` extra) on the same split and the
 same features, and adds the published Extreme Classification Repository rows
 as constants. Columns: P@1/3/5, nDCG@5, PSP@5 (propensity A=0.55, B=1.5 from
@@ -57,6 +60,7 @@ from mhe_jax.nn import encoders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HEAD_METHODS = ("vanilla", "mhp", "mhc", "mhs", "best", "unidec", "lightdxml")
+ENSEMBLE_METHODS = ("best_ensemble",)
 PEER_METHODS = ("napkinxc_plt", "omikuji", "pecos_xr_linear")
 KS = (1, 3, 5)
 COLUMNS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5")
@@ -81,13 +85,16 @@ CITATION = ("K. Bhatia, K. Dahiya, H. Jain, P. Kar, A. Mittal, Y. Prabhu, "
 
 _DATASETS = flags.DEFINE_list("datasets", ["bibtex", "delicious"], "Datasets.")
 _METHODS = flags.DEFINE_list(
-    "methods", list(HEAD_METHODS + PEER_METHODS) + ["published"],
+    "methods", list(HEAD_METHODS + ENSEMBLE_METHODS + PEER_METHODS)
+    + ["published"],
     "Methods: config suffixes (configs/{dataset}_{method}.py, skipped when "
     "absent), peers, 'published'.")
 _QUICK = flags.DEFINE_bool("quick", False,
                            "runlocal configs (seconds; numbers meaningless).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
                                 "Data root; default $MHE_DATA_DIR or ../shared/data.")
+_ENSEMBLE = flags.DEFINE_integer(
+    "ensemble", 5, "best_ensemble: models (seeds) averaged.")
 _THREADS = flags.DEFINE_integer("threads", 2, "Threads for the peer libraries.")
 _MARKDOWN_FROM = flags.DEFINE_string(
     "markdown_from", None, "Only print the tables of a results JSON.")
@@ -241,6 +248,60 @@ def run_config(method: str, dataset: str) -> dict | None:
           "head": results["head"], **{k: results[k] for k in keep}}
 
 
+def _eval_scores(trainer, state) -> np.ndarray:
+  """Dense ``[N, C]`` scores of the eval split (the head's top-C scores)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from mhe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  c = trainer.data.num_classes
+  model, _ = nnx.merge(trainer.graphdef, state)
+  topk = jax.jit(lambda m, b: m.topk(b, c))
+  rows = []
+  for batch in pipeline.eval_loader(trainer.data.eval,
+                                    trainer.config.eval_batch_size,
+                                    num_threads=0):
+    with jax.set_mesh(trainer.mesh):
+      scores_bk, labels_bk = topk(model, trainer.device_batch(batch))
+    scores_bk, labels_bk = np.asarray(scores_bk), np.asarray(labels_bk)
+    dense = np.full((len(labels_bk), c), -np.inf, np.float32)
+    np.put_along_axis(dense, labels_bk, scores_bk, axis=1)
+    rows.append(dense[np.asarray(batch["mask"])])
+  return np.concatenate(rows)
+
+
+def run_ensemble(dataset: str, train, test) -> dict | None:
+  """``configs/{dataset}_best.py`` trained with seeds 0..n-1; mean scores."""
+  from mhe_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  path = REPO / "configs" / f"{dataset}_best.py"
+  if not path.exists():
+    return None
+  total, seconds = None, 0.0
+  for seed in range(_ENSEMBLE.value):
+    config = load_config(path, "runlocal" if _QUICK.value else None)
+    config.seed = seed
+    config.checkpoint_every = 0
+    if _DATA_DIR.value:
+      config.data.data_dir = _DATA_DIR.value
+    with tempfile.TemporaryDirectory() as workdir:
+      results = train_lib.train_and_evaluate(config, workdir)
+      seconds += results["train_seconds"]
+      trainer = train_lib.Trainer(config, workdir)
+      _, state, _ = trainer.checkpointer.restore_latest(trainer.abstract_state)
+      scores = _eval_scores(trainer, state)
+      trainer.checkpointer.close()
+    print(f"ensemble member seed {seed}: P@1 {results['P@1']:.4f} "
+          f"P@5 {results['P@5']:.4f}", flush=True)
+    total = scores if total is None else total + scores
+  top = np.argsort(-total, axis=1, kind="stable")[:, :max(KS)]
+  return {"dataset": dataset, "method": "best_ensemble", "kind": "mhe_jax",
+          "config": f"configs/{path.name}" + (":runlocal" if _QUICK.value
+                                              else ""),
+          "settings": f"mean of the head's scores of {_ENSEMBLE.value} "
+                      f"models trained with seeds 0..{_ENSEMBLE.value - 1}",
+          "train_seconds": seconds,
+          **score(train, test, top.tolist())}
+
+
 def published_rows(dataset: str) -> list[dict]:
   return [{"dataset": dataset, "method": name, "kind": "published",
            "citation": CITATION,
@@ -336,12 +397,15 @@ def main(argv):
         row = run_config(method, dataset)
       elif method in PEERS:
         row = run_peer(method, dataset, train, test)
+      elif method == "best_ensemble":
+        row = run_ensemble(dataset, train, test)
       elif method == "published":
         new_rows.extend(published_rows(dataset))
         continue
       else:
         raise ValueError(f"--methods: unknown method {method!r}; known: "
-                         f"{HEAD_METHODS + tuple(PEERS) + ('published',)}")
+                         f"{HEAD_METHODS + ENSEMBLE_METHODS + tuple(PEERS)}"
+                         " and 'published'")
       if row is not None:
         print({k: v for k, v in row.items() if k in COLUMNS + (
             "method", "dataset", "train_seconds", "skipped")}, flush=True)
@@ -349,7 +413,8 @@ def main(argv):
   replaced = {(r["dataset"], r["method"]) for r in new_rows}
   kept = [r for r in results["rows"]
           if (r["dataset"], r["method"]) not in replaced]
-  order = {m: i for i, m in enumerate(HEAD_METHODS + tuple(PEERS))}
+  order = {m: i for i, m in enumerate(HEAD_METHODS + ENSEMBLE_METHODS
+                                      + tuple(PEERS))}
   rows = kept + new_rows
   datasets = ("bibtex", "delicious")
   rows.sort(key=lambda r: (datasets.index(r["dataset"])
