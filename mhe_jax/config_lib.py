@@ -71,6 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.num_sampled_groups = 64  # mhs: groups (of r_2.. classes) per step.
   c.head.multilabel_loss = "bce"  # mhp multi-label loss: bce | softmax.
   c.head.chunk_size = 0       # vanilla: class chunk; 0 -> the head's default.
+  # MHE label -> code order (which labels share a head's digit): 'given'
+  # (code = label), 'random' (seeded permutation) or 'clustered' (balanced
+  # k-means of label centroids); see mhe_jax.label_order. Vanilla ignores it.
+  c.head.label_order = "given"
+  c.head.label_order_seed = 0  # Seed of 'random' and of the clustering.
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"   # adam | adamw | sgd.

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import scipy.sparse as sp
 
+from mhe_jax import label_order as label_order_lib
 from mhe_jax.data import formats
 from mhe_jax.data import pipeline
 from mhe_jax.data import synthetic
@@ -241,14 +242,67 @@ ENCODERS = {"sparse_mlp": _sparse_mlp, "token_context": _token_context}
 
 
 # -------------------------------------------------------------------- heads
-def make_codec(cfg: ml_collections.ConfigDict, num_classes: int) -> LabelCodec:
-  """The head's codec: explicit radices, or balanced for num_heads."""
+def _plain_codec(cfg: ml_collections.ConfigDict, num_classes: int) -> LabelCodec:
   if cfg.radices:
     try:
       return LabelCodec(tuple(cfg.radices), num_classes)
     except ValueError as e:
       raise ValueError(f"config.head.radices={tuple(cfg.radices)}: {e}") from None
   return LabelCodec.balanced(num_classes, cfg.num_heads)
+
+
+_CENTROIDS_CACHE: dict = {}
+
+
+def train_label_centroids(data: Dataset, dim: int = 64) -> np.ndarray:
+  """float32 ``[C, <= dim]`` label centroids from the training source.
+
+  Bag-of-words data: each label's mean l2-normalised feature row
+  (:func:`mhe_jax.label_order.label_centroids`); token data: the bag of
+  each word's contexts (:func:`mhe_jax.label_order.token_label_centroids`).
+  Cached per source object (the trainer builds its codec more than once).
+  """
+  key = (id(data.train), dim)
+  hit = _CENTROIDS_CACHE.get(key)
+  if hit is not None and hit[0] is data.train:
+    return hit[1]
+  source = data.train
+  if isinstance(source, pipeline.SparseSource):
+    cent = label_order_lib.label_centroids(source.data.X, source.data.Y, dim=dim)
+  elif isinstance(source, pipeline.TokenSource):
+    cent = label_order_lib.token_label_centroids(
+        source.ids, source.context, data.num_classes, dim=dim)
+  else:
+    raise ValueError(f"no label centroids for a {type(source).__name__} "
+                     "training source")
+  if len(_CENTROIDS_CACHE) > 8:
+    _CENTROIDS_CACHE.clear()
+  _CENTROIDS_CACHE[key] = (source, cent)
+  return cent
+
+
+def make_codec(cfg: ml_collections.ConfigDict, num_classes: int,
+               data: Dataset | None = None) -> LabelCodec:
+  """The head's codec: explicit radices, or balanced for num_heads.
+
+  ``cfg.label_order`` picks the label -> code permutation
+  (:mod:`mhe_jax.label_order`); 'clustered' needs ``data`` (its training
+  source gives the label centroids).
+  """
+  codec = _plain_codec(cfg, num_classes)
+  order = cfg.get("label_order", "given")
+  if order not in label_order_lib.LABEL_ORDERS:
+    raise ValueError(f"config.head.label_order={order!r}; known: "
+                     f"{list(label_order_lib.LABEL_ORDERS)}")
+  centroids = None
+  if order == "clustered":
+    if data is None:
+      raise ValueError("config.head.label_order='clustered' needs the "
+                       "training data (make_codec(cfg, C, data))")
+    centroids = train_label_centroids(data)
+  seed = cfg.get("label_order_seed", 0)
+  return codec.with_permutation(label_order_lib.label_permutation(
+      order, codec, seed=seed, centroids=centroids))
 
 
 def _vanilla(cfg, in_features, data: Dataset, rngs, mesh=None):
@@ -261,19 +315,19 @@ def _vanilla(cfg, in_features, data: Dataset, rngs, mesh=None):
 
 
 def _mhp(cfg, in_features, data: Dataset, rngs, mesh=None):
-  return heads.MHPHead(in_features, make_codec(cfg, data.num_classes),
+  return heads.MHPHead(in_features, make_codec(cfg, data.num_classes, data),
                        multilabel=data.multilabel,
                        multilabel_loss=cfg.multilabel_loss, rngs=rngs)
 
 
 def _mhc(cfg, in_features, data: Dataset, rngs, mesh=None):
-  return heads.MHCHead(in_features, make_codec(cfg, data.num_classes),
+  return heads.MHCHead(in_features, make_codec(cfg, data.num_classes, data),
                        beam=cfg.beam, hidden=cfg.hidden,
                        multilabel=data.multilabel, rngs=rngs)
 
 
 def _mhs(cfg, in_features, data: Dataset, rngs, mesh=None):
-  return heads.MHSHead(in_features, make_codec(cfg, data.num_classes),
+  return heads.MHSHead(in_features, make_codec(cfg, data.num_classes, data),
                        cfg.num_sampled_groups, multilabel=data.multilabel,
                        rngs=rngs)
 

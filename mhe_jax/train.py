@@ -81,7 +81,8 @@ class Trainer:
     self.mesh, self.rules = _mesh_and_rules(config)
     self.data = registry.load_dataset(config.data, config.seed)
     if config.head.type != "vanilla":
-      registry.make_codec(config.head, self.data.num_classes)  # fail early
+      registry.make_codec(config.head, self.data.num_classes,  # fail early
+                          self.data)
     self.ks = tuple(int(k) for k in config.eval.ks)
     if not self.ks or min(self.ks) < 1:
       raise ValueError(f"config.eval.ks must be positive, got {self.ks}")

@@ -177,3 +177,83 @@ def test_codec_is_static_jit_argument_without_retracing():
   np.testing.assert_array_equal(g(jnp.arange(10), LabelCodec((3, 4), 10)),
                                 np.arange(10))
   assert codec_lib.MAX_CAPACITY == 2**31 - 1
+
+
+# ------------------------------------------------------------ permutations
+@pytest.mark.parametrize("radices", [(7,), (3, 4), (4, 3, 5), (2, 3, 2, 4)])
+@pytest.mark.parametrize("slack", [0, 3])
+def test_permuted_exhaustive_round_trip(radices, slack):
+  num_classes = max(2, math.prod(radices) - slack)
+  perm = np.random.default_rng(sum(radices) + slack).permutation(num_classes)
+  codec = LabelCodec(radices, num_classes, perm)
+  labels = np.arange(num_classes)
+  digits = np.asarray(codec.encode(labels))
+  # Label y is written as the plain digits of its code perm[y].
+  expected = np.array([python_digits(int(perm[y]), radices) for y in labels])
+  np.testing.assert_array_equal(digits, expected)
+  np.testing.assert_array_equal(codec.decode(digits), labels)
+  np.testing.assert_array_equal(jax.jit(codec.decode)(digits), labels)
+  np.testing.assert_array_equal(codec.to_codes(labels), perm)
+  np.testing.assert_array_equal(codec.to_labels(perm), labels)
+  # Padding and invalid codes never become labels.
+  np.testing.assert_array_equal(codec.encode(np.array([-1])), [[-1] * len(radices)])
+  invalid = np.arange(num_classes, math.prod(radices))
+  if invalid.size:
+    invalid_digits = np.array([python_digits(int(c), radices) for c in invalid])
+    np.testing.assert_array_equal(jax.jit(codec.decode)(invalid_digits), -1)
+    with pytest.raises(ValueError, match="not a valid code"):
+      codec.decode(invalid_digits)
+  np.testing.assert_array_equal(
+      codec.to_labels(np.array([-1, num_classes, -5])), [-1, -1, -1])
+  np.testing.assert_array_equal(
+      jax.jit(codec.encode)(jnp.array([num_classes, -3])), -1)
+
+
+def test_permuted_codec_hash_eq_and_identity():
+  perm = np.random.default_rng(0).permutation(10)
+  a = LabelCodec((3, 4), 10, perm)
+  b = LabelCodec.balanced(10, 2).with_permutation(list(perm))  # (5, 2)
+  assert a != b  # different radices
+  c = LabelCodec((3, 4), 10, perm.astype(np.int64))
+  assert a == c and hash(a) == hash(c)
+  assert a != LabelCodec((3, 4), 10) and a.permuted
+  assert a != LabelCodec((3, 4), 10, np.roll(perm, 1))
+  # The identity is stored as no permutation at all.
+  ident = LabelCodec((3, 4), 10, np.arange(10))
+  assert ident == LabelCodec((3, 4), 10) and not ident.permuted
+  assert ident.permutation is None
+  assert "permutation=<" in repr(a) and "permutation" not in repr(ident)
+  with pytest.raises(ValueError, match="read-only"):
+    a.permutation[0] = 3
+  np.testing.assert_array_equal(a.inverse_permutation[perm], np.arange(10))
+  perm[0], perm[1] = perm[1], perm[0]  # the codec holds its own copy
+  assert a == c
+
+
+@pytest.mark.parametrize("perm,match", [
+    (np.arange(9), r"permutation has length 9, expected num_classes=10"),
+    (np.r_[np.arange(9), 10], r"maps label 9 to code 10, outside \[0, num_classes=10\)"),
+    (np.r_[np.arange(9), -1], r"maps label 9 to code -1"),
+    (np.r_[0, 0, np.arange(2, 10)], r"not a bijection: labels 0 and 1 both map to code 0"),
+    (np.arange(10.0), r"1-D integer array"),
+    (np.arange(10).reshape(2, 5), r"1-D integer array"),
+])
+def test_permutation_construction_errors(perm, match):
+  with pytest.raises(ValueError, match=match):
+    LabelCodec((3, 4), 10, perm)
+
+
+def test_permuted_codec_jit_static_no_retrace():
+  perm = np.random.default_rng(1).permutation(10)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def f(labels):
+    return LabelCodec((3, 4), 10, perm).encode(labels)
+
+  chex.clear_trace_counter()
+  f(jnp.array([1, 2]))
+  f(jnp.array([3, 4]))  # an equal permuted codec: no retrace
+  g = jax.jit(lambda x, c: c.decode(c.encode(x)), static_argnums=1)
+  np.testing.assert_array_equal(g(jnp.arange(10), LabelCodec((3, 4), 10, perm)),
+                                np.arange(10))

@@ -178,7 +178,7 @@ class MHCHead(nnx.Module):
       ``jit``, for out-of-range labels).
     """
     self.codec.validate_labels(labels)
-    labels = jnp.asarray(labels)
+    labels = self.codec.to_codes(labels)  # the cascade works on codes
     squeeze = labels.ndim == 1
     labels_bl = labels[:, None] if squeeze else labels
     x_bd = jnp.asarray(x_bd)
@@ -222,7 +222,8 @@ class MHCHead(nnx.Module):
       self.codec.validate_labels(labels)
     return cascade.cascade_search(
         self(x_bd), lambda h, p: self.child_logits(x_bd, h, p), self.codec,
-        self.beam, multilabel=self.multilabel, forced_labels=labels)
+        self.beam, multilabel=self.multilabel,
+        forced_labels=None if labels is None else self.codec.to_codes(labels))
 
   def loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
            rng: jax.Array | None = None,
@@ -276,6 +277,7 @@ class MHCHead(nnx.Module):
                        ) -> jax.Array:
     """Per-example sum over levels of BCE over the teacher-forced beam."""
     search = self.beam_search(x_bd, labels_bl)
+    codes_bl = self.codec.to_codes(labels_bl)
     counts = cascade.valid_prefix_counts(self.codec)
     b = x_bd.shape[0]
     loss_b = jnp.zeros((b,), jnp.float32)
@@ -283,7 +285,7 @@ class MHCHead(nnx.Module):
         zip(search.logits, search.child_codes, self.codec.strides), start=1):
       logits_bn = logits.reshape(b, -1).astype(jnp.float32)
       codes_bn = codes.reshape(b, -1)
-      truth_bl = jnp.where(labels_bl >= 0, labels_bl // s, -1)
+      truth_bl = jnp.where(codes_bl >= 0, codes_bl // s, -1)
       target_bn = cascade.is_member(codes_bn, truth_bl).astype(jnp.float32)
       bce_bn = jax.nn.softplus(logits_bn) - target_bn * logits_bn
       loss_b = loss_b + jnp.where(codes_bn < counts[level - 1], bce_bn,
@@ -306,6 +308,7 @@ class MHCHead(nnx.Module):
       ``[0, C)``.
     """
     x_bd = jnp.asarray(x_bd)
-    return cascade.cascade_topk(
+    scores_bk, codes_bk = cascade.cascade_topk(
         self(x_bd), lambda h, p: self.child_logits(x_bd, h, p), self.codec,
         self.beam, k, multilabel=self.multilabel)
+    return scores_bk, self.codec.to_labels(codes_bk)

@@ -306,7 +306,8 @@ class MHSHead(nnx.Module):
   """Multi-Head Sampling: a full classifier trained on sampled groups (Sec. 3.4).
 
   The classifier ``kernel [d, P]`` (+ ``bias [P]``) holds one column per
-  class in label order. With ``s = codec.strides[0]`` (the product of all
+  class in code order (label order unless the codec carries a permutation;
+  ``head(x)`` and :meth:`topk` speak labels either way). With ``s = codec.strides[0]`` (the product of all
   radices but the first), class ``y`` is position ``y % s`` of group
   ``y // s`` (its first digit; the remaining digits combined are the
   position). There are ``G = ceil(C / s)`` non-empty groups (``<= r_1``) and
@@ -391,11 +392,15 @@ class MHSHead(nnx.Module):
     """Full-classifier logits, float32 ``[B, C]``."""
     x_bd = jnp.asarray(x_bd)
     logits_bp = x_bd @ self.kernel[...] + self.bias[...]
-    return _replicate_last_axis(logits_bp)[:, :self.num_classes]
+    logits_bc = _replicate_last_axis(logits_bp)[:, :self.num_classes]
+    if self.codec.permuted:  # columns are codes; return them in label order
+      logits_bc = logits_bc[:, self.codec.permutation]
+    return logits_bc
 
   def _sampled(self, x_bd, labels, rng):
     """Unmasked sampled logits ``[B, S*s]``, valid mask, ids, targets."""
     s = self.group_size
+    labels = self.codec.to_codes(labels)  # columns and groups are codes
     groups = jnp.where(labels >= 0, labels // s, -1)
     num = self.num_sampled(labels.shape)
     group_ids_t, slots = sample_groups(groups, self.num_groups, num, rng)

@@ -9,17 +9,30 @@ The product of the radices (the *capacity*) may exceed ``C``; codes ``>= C``
 are never produced by :meth:`LabelCodec.encode` and are never predicted by
 :func:`mhe_jax.ops.product_topk`.
 
+Label order. By default the code of label ``y`` is ``y`` itself (the given
+label order). A codec may instead carry a ``permutation``, a bijection
+``label -> code`` of ``{0 .. C-1}`` onto itself: :meth:`LabelCodec.encode`
+applies it before the digit split and :meth:`LabelCodec.decode` applies its
+inverse after, so which labels share a first digit (a group) is up to the
+caller, e.g. similar labels from balanced clustering of label centroids
+(:mod:`mhe_jax.ops.label_order`). The set of valid codes stays ``0 .. C-1``,
+so every op keeps excluding the codes ``>= C`` exactly as before; functions
+that work on codes (the MHC beam, the MHS column layout) convert at their
+boundary with :meth:`LabelCodec.to_codes` / :meth:`LabelCodec.to_labels`.
+
 Example::
 
   codec = LabelCodec.balanced(1_000_000, num_heads=2)   # radices (1000, 1000)
   digits = codec.encode(jnp.array([0, 999_999, -1]))    # [[0, 0], [999, 999], [-1, -1]]
   labels = codec.decode(digits)                          # [0, 999_999, -1]
+  shuffled = codec.with_permutation(np.random.default_rng(0).permutation(10**6))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from typing import Sequence
 
@@ -42,14 +55,27 @@ class LabelCodec:
   """Mixed-radix code of ``num_classes`` labels over ``len(radices)`` heads.
 
   Immutable and hashable, so it can be a static argument of ``jax.jit``.
+  A permuted codec is hashed and compared by a digest of its permutation
+  (computed once, at construction), never by its C entries.
 
   Attributes:
     radices: per-head output sizes ``(r_1, ..., r_H)``, most significant first.
     num_classes: ``C``, the number of valid labels ``0 .. C-1``.
+    permutation: None (code = label), or a read-only int32 ``[C]`` array,
+      ``permutation[y]`` the code of label ``y``: a bijection of ``0 .. C-1``
+      onto itself. The identity is stored as None. Under ``jit`` it (and its
+      inverse) become constants of the compiled program, 4 bytes per label
+      each.
+    permutation_digest: hex digest of the permutation ("" when None); with
+      the radices and C it is what equality and hashing look at.
   """
 
   radices: tuple[int, ...]
   num_classes: int
+  permutation: np.ndarray | None = dataclasses.field(
+      default=None, compare=False, repr=False)
+  permutation_digest: str = dataclasses.field(
+      default="", init=False, repr=False)
 
   def __post_init__(self):
     try:
@@ -80,10 +106,17 @@ class LabelCodec:
       raise ValueError(
           f"the product of radices {radices} is {capacity}, above the int32 "
           f"limit {MAX_CAPACITY}; use fewer or smaller heads")
+    perm, inverse = _check_permutation(self.permutation, self.num_classes)
+    object.__setattr__(self, "permutation", perm)
+    object.__setattr__(self, "_inverse", inverse)
+    object.__setattr__(
+        self, "permutation_digest", "" if perm is None else
+        hashlib.blake2b(perm.astype("<i4").tobytes(), digest_size=16).hexdigest())
 
   # ------------------------------------------------------------------ props
   @classmethod
-  def balanced(cls, num_classes: int, num_heads: int) -> "LabelCodec":
+  def balanced(cls, num_classes: int, num_heads: int,
+               permutation: ArrayLike | None = None) -> "LabelCodec":
     """The codec with the smallest ``sum(radices)`` whose product covers C.
 
     Among radix tuples with ``prod(r) >= num_classes`` and every ``r_h >= 2``,
@@ -96,13 +129,28 @@ class LabelCodec:
     Args:
       num_classes: C >= 2.
       num_heads: H >= 1.
+      permutation: optional label -> code bijection, see the class docstring.
     """
     if int(num_heads) != num_heads or num_heads < 1:
       raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
     if int(num_classes) != num_classes or num_classes < 2:
       raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     return cls(_balanced_radices(int(num_classes), int(num_heads)),
-               int(num_classes))
+               int(num_classes), permutation)
+
+  def with_permutation(self, permutation: ArrayLike | None) -> "LabelCodec":
+    """The same radices and C with another label -> code permutation."""
+    return LabelCodec(self.radices, self.num_classes, permutation)
+
+  @property
+  def permuted(self) -> bool:
+    """Whether codes differ from labels (a non-identity permutation)."""
+    return self.permutation is not None
+
+  @property
+  def inverse_permutation(self) -> np.ndarray | None:
+    """Read-only int32 ``[C]``, code -> label; None when not permuted."""
+    return self._inverse
 
   @property
   def num_heads(self) -> int:
@@ -132,7 +180,10 @@ class LabelCodec:
     return sum(self.radices)
 
   def __repr__(self) -> str:
-    return f"LabelCodec(radices={self.radices}, num_classes={self.num_classes})"
+    perm = (f", permutation=<{self.permutation_digest[:12]}>"
+            if self.permuted else "")
+    return (f"LabelCodec(radices={self.radices}, "
+            f"num_classes={self.num_classes}{perm})")
 
   # ---------------------------------------------------------------- methods
   def split(self, fused: ArrayLike) -> list[jax.Array]:
@@ -205,12 +256,85 @@ class LabelCodec:
             f"code of {self}")
     return _decode(jnp.asarray(digits), self)
 
+  def to_codes(self, labels: ArrayLike) -> jax.Array:
+    """Labels -> codes (int32, same shape), for ops that work on codes.
+
+    Without a permutation the labels are returned unchanged (as int32).
+    With one, label ``y`` in ``[0, C)`` maps to ``permutation[y]`` and
+    everything else (padding -1, out-of-range values) to -1. Traceable; no
+    validation (see :meth:`validate_labels`).
+    """
+    labels = jnp.asarray(labels).astype(jnp.int32)
+    if not self.permuted:
+      return labels
+    return _lookup(labels, self.permutation, self.num_classes)
+
+  def to_labels(self, codes: ArrayLike) -> jax.Array:
+    """Codes -> labels, the inverse of :meth:`to_codes`.
+
+    Without a permutation the codes are returned unchanged (as int32). With
+    one, a code in ``[0, C)`` maps to its label and anything else to -1, so
+    an invalid code never becomes a valid label.
+    """
+    codes = jnp.asarray(codes).astype(jnp.int32)
+    if not self.permuted:
+      return codes
+    return _lookup(codes, self._inverse, self.num_classes)
+
+
+def _check_permutation(permutation, num_classes: int):
+  """(permutation, inverse) as read-only int32 arrays; (None, None) if identity."""
+  if permutation is None:
+    return None, None
+  if _is_traced(permutation):
+    raise TypeError("permutation must be concrete (a numpy array or list), "
+                    "not a traced value")
+  perm = np.asarray(permutation)
+  if perm.ndim != 1 or not (np.issubdtype(perm.dtype, np.integer) or
+                            perm.size == 0):
+    raise ValueError(
+        f"permutation must be a 1-D integer array (label -> code), got "
+        f"shape {perm.shape} and dtype {perm.dtype}")
+  if perm.shape[0] != num_classes:
+    raise ValueError(
+        f"permutation has length {perm.shape[0]}, expected "
+        f"num_classes={num_classes} (one code per label)")
+  bad = np.flatnonzero((perm < 0) | (perm >= num_classes))
+  if bad.size:
+    raise ValueError(
+        f"permutation maps label {bad[0]} to code {perm[bad[0]]}, outside "
+        f"[0, num_classes={num_classes})")
+  perm = perm.astype(np.int32)
+  inverse = np.full(num_classes, -1, np.int32)
+  inverse[perm] = np.arange(num_classes, dtype=np.int32)
+  if (inverse < 0).any():
+    code_counts = np.bincount(perm, minlength=num_classes)
+    dup = int(np.flatnonzero(code_counts > 1)[0])
+    first, second = np.flatnonzero(perm == dup)[:2]
+    raise ValueError(
+        f"permutation is not a bijection: labels {first} and {second} both "
+        f"map to code {dup}")
+  if (perm == np.arange(num_classes)).all():
+    return None, None
+  perm.flags.writeable = False
+  inverse.flags.writeable = False
+  return perm, inverse
+
+
+def _lookup(x: jax.Array, table: np.ndarray, n: int) -> jax.Array:
+  """``table[x]`` where ``0 <= x < n``, else -1 (int32)."""
+  valid = (x >= 0) & (x < n)
+  out = jnp.asarray(table)[jnp.where(valid, x, 0)]
+  return jnp.where(valid, out, -1).astype(jnp.int32)
+
 
 @functools.partial(jax.jit, static_argnums=1)
 def _encode(labels: jax.Array, codec: LabelCodec) -> jax.Array:
   labels = labels.astype(jnp.int32)
   valid = (labels >= 0) & (labels < codec.num_classes)
   safe = jnp.where(valid, labels, 0)
+  if codec.permuted:
+    safe = jnp.asarray(codec.permutation)[safe]
   digits = [(safe // s) % r for s, r in zip(codec.strides, codec.radices)]
   digits = jnp.stack(digits, axis=-1)
   return jnp.where(valid[..., None], digits, -1).astype(jnp.int32)
@@ -224,6 +348,8 @@ def _decode(digits: jax.Array, codec: LabelCodec) -> jax.Array:
   safe = jnp.where(in_range[..., None], digits, 0)
   code = (safe * jnp.asarray(codec.strides, jnp.int32)).sum(-1)
   valid = in_range & (code < codec.num_classes)
+  if codec.permuted:
+    code = jnp.asarray(codec.inverse_permutation)[jnp.where(valid, code, 0)]
   return jnp.where(valid, code, -1).astype(jnp.int32)
 
 

@@ -164,11 +164,22 @@ def product_topk(head_logits: Sequence[ArrayLike], k: int,
   Returns:
     ``(scores [B, k] float32, labels [B, k] int32)``, scores descending, ties
     broken by smaller label first. Only labels ``< num_classes`` are returned.
+    With a permuted codec the search runs over codes (so a tie at the k-th
+    place is decided by the smaller code) and the k codes are then mapped to
+    their labels and re-sorted by (score descending, label ascending).
   """
   _check_head_logits(head_logits, codec)
   if int(k) != k or not 1 <= k <= codec.num_classes:
     raise ValueError(f"k must be an integer in [1, {codec.num_classes}], got {k}")
   return _product_topk(tuple(jnp.asarray(z) for z in head_logits), int(k), codec)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _product_topk(head_logits, k, codec):
+  scores, codes = _product_topk_codes(head_logits, k, codec)
+  if not codec.permuted:
+    return scores, codes
+  return _sort_desc(scores, codec.to_labels(codes), k)
 
 
 def _pairs(ka: int, kb: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,8 +218,8 @@ def _head_top(logp, k, stride, start=0, stop=None):
   return vals, ((idx + start) * stride).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _product_topk(head_logits, k, codec):
+def _product_topk_codes(head_logits, k, codec):
+  """Top-k (scores, codes) over the valid codes 0 .. C-1."""
   logps = [jax.nn.log_softmax(z.astype(jnp.float32), axis=-1)
            for z in head_logits]
   radices, strides, heads = codec.radices, codec.strides, codec.num_heads
