@@ -1,0 +1,842 @@
+"""Inference: load a trained model from its workdir and predict top-k fast.
+
+:func:`load` rebuilds the model a run of :func:`mhe_jax.train.train_and_evaluate`
+trained (from ``workdir/config.json`` and ``workdir/model_info.json``, which the
+trainer writes next to its checkpoints, so the training data is not needed)
+and restores only the model's part of the newest (or a chosen) orbax
+checkpoint, on one device. The returned :class:`Predictor` decodes a batch to
+its top-k labels with the head's own exact decoder (``model.topk``), jitted
+once per *batch bucket*: a request of ``n`` rows is padded up to the smallest
+bucket ``>= n`` (default ``(1, 8, 64, 512)``; larger batches run in chunks of
+the largest), and bag-of-words rows to the training run's feature width, so
+serving requests of any size never recompiles after :meth:`Predictor.warmup`.
+
+Inputs to :meth:`Predictor.predict` (``N`` examples):
+
+* an :class:`~mhe_jax.data.formats.XMCData` or a scipy sparse ``[N, F]``
+  matrix (bag-of-words models; labels of an XMCData are ignored);
+* a tuple ``(indices, values)`` of padded int ``[N, M]`` feature indices
+  (negative = padding) and float ``[N, M]`` values (bag-of-words models);
+* an int ``[N, context]`` array of token ids, or a list of N strings whose
+  last ``context`` tokens are the context (next-token models);
+* a dict of the model's input arrays (``model_info.json``'s ``input_keys``).
+
+:func:`export` writes the encoder + head + decode as a ``jax.export``
+artifact (StableHLO, batch size symbolic) with its weights in an ``.npz``;
+:func:`load_exported` runs it with nothing but jax and numpy (it is short so
+that it can be copied into a serving process; see the README).
+
+Example::
+
+  from mhe_jax import inference
+  predictor = inference.load("/tmp/delicious_mhp")    # a training workdir
+  scores, labels = predictor.predict(test_data, k=5)  # numpy [N, 5] each
+  pred = predictor.predict(test_data, k=5)
+  pred.names                                          # [N, 5] label names
+  inference.export(predictor, "/tmp/exported", k=5)
+  run = inference.load_exported("/tmp/exported")      # jax + numpy only
+  scores, labels = run(ids, values)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import scipy.sparse as sp
+
+from mhe_jax import checkpointing
+from mhe_jax import config_lib
+from mhe_jax import registry
+from mhe_jax.data import corpus as corpus_lib
+from mhe_jax.data import formats
+
+PathLike = str | os.PathLike
+
+CONFIG_FILE = "config.json"
+MODEL_INFO_FILE = "model_info.json"
+CHECKPOINT_DIR = "checkpoints"
+DEFAULT_BATCH_SIZES = (1, 8, 64, 512)
+_BOW_KEYS = ("feature_ids", "feature_values")
+_TOKEN_KEYS = ("features",)
+_EXPORT_FILE = "predict.jaxexport"
+_EXPORT_PARAMS = "params.npz"
+_EXPORT_INFO = "export.json"
+
+
+# ------------------------------------------------------------ what to save
+def write_model_info(workdir: PathLike, config: ml_collections.ConfigDict,
+                     data: registry.Dataset) -> None:
+  """Writes ``config.json`` and ``model_info.json`` into a training workdir.
+
+  These hold what :func:`load` needs to rebuild the model without the
+  training data: the config, and the dataset facts the model's shapes depend
+  on (the tf-idf weights themselves are in the checkpoint).
+
+  Args:
+    workdir: the run's directory.
+    config: the run's config.
+    data: the dataset the trainer loaded.
+  """
+  workdir = pathlib.Path(workdir)
+  info = {
+      "num_classes": int(data.num_classes),
+      "multilabel": bool(data.multilabel),
+      "input_keys": list(data.input_keys),
+      "input_size": int(data.input_size),
+      "has_idf": data.idf is not None,
+      "context": getattr(data.train, "context", None),
+      "max_features": getattr(data.train, "max_features", None),
+      "label_names": (None if data.label_names is None
+                      else [str(n) for n in data.label_names]),
+  }
+  _atomic_write(workdir / CONFIG_FILE, config.to_json_best_effort(indent=1))
+  _atomic_write(workdir / MODEL_INFO_FILE, json.dumps(info))
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+# ------------------------------------------------------------------ loading
+def _resolve(path: PathLike, step: int | None):
+  """(workdir, checkpoint directory, step) from a workdir or checkpoint path."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no such workdir or checkpoint")
+  path = path.resolve()
+  step_dir = None
+  if path.name.isdigit() and (path / "state").is_dir():  # .../checkpoints/<step>
+    step_dir, path = path, path.parent
+  if path.name == CHECKPOINT_DIR and not (path / CONFIG_FILE).exists():
+    workdir, ckpt_dir = path.parent, path
+  else:
+    workdir, ckpt_dir = path, path / CHECKPOINT_DIR
+  for name in (CONFIG_FILE, MODEL_INFO_FILE):
+    if not (workdir / name).is_file():
+      raise FileNotFoundError(
+          f"{workdir / name} not found: {workdir} is not a training workdir "
+          "written by this version of mhe_jax.train (it writes config.json "
+          "and model_info.json next to its checkpoints)")
+  if step_dir is not None:
+    if step is not None and step != int(step_dir.name):
+      raise ValueError(f"step={step} but the path names checkpoint "
+                       f"{step_dir.name}")
+    return workdir, step_dir
+  steps = sorted(int(p.name) for p in ckpt_dir.iterdir()
+                 if p.name.isdigit() and (p / "state").is_dir()) \
+      if ckpt_dir.is_dir() else []
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first "
+                            "(python -m mhe_jax.main --workdir=...)")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f"no checkpoint {step} in {ckpt_dir}; there are "
+                            f"{steps}")
+  return workdir, ckpt_dir / str(step)
+
+
+def _as_tuples(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {k: _as_tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_as_tuples(v) for v in x)
+  return x
+
+
+def _read_config(path: pathlib.Path) -> ml_collections.ConfigDict:
+  """The saved config over today's defaults (keys added since keep theirs)."""
+  saved = _as_tuples(json.loads(path.read_text()))
+  config = config_lib.base_config()
+  known = config_lib._flatten(config)  # pylint: disable=protected-access
+  for key, value in config_lib._flatten(saved).items():  # pylint: disable=protected-access
+    if key not in known:
+      logging.warning("%s: ignoring config key %r unknown to this version",
+                      path, key)
+      continue
+    node = config
+    *parents, last = key.split(".")
+    for p in parents:
+      node = node[p]
+    with node.ignore_type():
+      node[last] = value
+  return config
+
+
+def _dataset_spec(info: Mapping[str, Any]) -> registry.Dataset:
+  """A registry.Dataset with the facts build_model reads, and no data."""
+  idf = (np.ones(info["input_size"], np.float32) if info["has_idf"] else None)
+  return registry.Dataset(
+      train=types.SimpleNamespace(context=info["context"],
+                                  max_features=info["max_features"]),
+      eval=None, num_classes=info["num_classes"],
+      multilabel=info["multilabel"], input_keys=tuple(info["input_keys"]),
+      input_size=info["input_size"],
+      label_counts=np.zeros(0, np.int64), num_train=0, idf=idf,
+      label_names=info["label_names"])
+
+
+def _fresh(abstract: jax.ShapeDtypeStruct, device: jax.Device) -> jax.Array:
+  """A concrete placeholder for a random-number stream's key or count."""
+  if jax.dtypes.issubdtype(abstract.dtype, jax.dtypes.prng_key):
+    key = jax.random.key(0)
+    return jax.device_put(jnp.broadcast_to(key, abstract.shape), device)
+  return jax.device_put(np.zeros(abstract.shape, abstract.dtype), device)
+
+
+def load(path: PathLike, *, step: int | None = None,
+         batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+         device: jax.Device | None = None) -> Predictor:
+  """Loads a trained model for prediction.
+
+  Args:
+    path: a training workdir, its ``checkpoints`` directory, or one
+      checkpoint ``workdir/checkpoints/<step>``.
+    step: which checkpoint (default: the newest, or the one ``path`` names).
+    batch_sizes: the batch buckets (see :class:`Predictor`).
+    device: where the parameters live (default ``jax.devices()[0]``).
+
+  Returns:
+    A :class:`Predictor` holding the model (not the optimiser state).
+
+  Raises:
+    FileNotFoundError: no such path, no ``config.json``/``model_info.json``,
+      or no checkpoint.
+    ValueError: a checkpoint that does not fit the config.
+  """
+  workdir, step_dir = _resolve(path, step)
+  config = _read_config(workdir / CONFIG_FILE)
+  info = json.loads((workdir / MODEL_INFO_FILE).read_text())
+  data = _dataset_spec(info)
+  device = device or jax.devices()[0]
+  abstract = nnx.eval_shape(
+      lambda: registry.build_model(config, data, nnx.Rngs(config.seed)))
+  # Random-number streams (dropout) are not restored: predict never draws.
+  graphdef, abstract_rng, abstract_state = nnx.split(
+      abstract, nnx.RngState, ...)
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  rng_state = jax.tree.map(lambda a: _fresh(a, device), abstract_rng)
+  target = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+      abstract_state)
+  # The checkpoint holds nnx.state((model, optimizer)); restore item 0 only.
+  item = nnx.State({0: target})
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(
+        step_dir / "state", args=ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(
+        f"checkpoint {step_dir} does not hold the model that "
+        f"{workdir / CONFIG_FILE} describes: {type(e).__name__}: {e}") from None
+  state = restored[0]
+  checkpointing._check_finite_structure(state, target)  # pylint: disable=protected-access
+  graphdef, state = nnx.split(nnx.merge(graphdef, rng_state, state))
+  logging.info("loaded %s (%s head, %d classes) from %s", config.name,
+               config.head.type, info["num_classes"], step_dir)
+  return Predictor(graphdef, state, info, batch_sizes=batch_sizes,
+                   name=f"{config.name} ({config.head.type})")
+
+
+# --------------------------------------------------------------- predicting
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """Top-k predictions; unpacks as ``scores, labels = prediction``.
+
+  Attributes:
+    scores: float32 ``[N, k]``, descending per row (the head's scores:
+      log-probabilities, or logits for the vanilla head).
+    labels: int32 ``[N, k]`` label ids.
+    names: object ``[N, k]`` label names, or None when the dataset had none.
+  """
+
+  scores: np.ndarray
+  labels: np.ndarray
+  names: np.ndarray | None = None
+
+  def __iter__(self):
+    return iter((self.scores, self.labels))
+
+  def __len__(self) -> int:
+    return 2
+
+
+def _next_pow2(n: int) -> int:
+  return 1 << max(0, int(n) - 1).bit_length()
+
+
+class Predictor:
+  """A trained model, jitted for top-k prediction on fixed batch buckets.
+
+  Build with :func:`load`. A request of ``n`` rows runs as chunks of the
+  largest bucket plus one padded chunk of the smallest bucket that holds the
+  rest; bag-of-words rows are padded to the training feature width (rows
+  longer than that to the next power of two). Each (bucket, width, k) is
+  compiled once; :meth:`warmup` compiles all buckets ahead of time.
+
+  Attributes:
+    num_classes: C.
+    input_keys: the encoder's inputs.
+    input_size: bag-of-words features, or token vocabulary size.
+    context: tokens per example (next-token models), else None.
+    label_names: list of C names, or None.
+    batch_sizes: the buckets, ascending.
+    max_k: the largest k the head's decoder accepts.
+  """
+
+  def __init__(self, graphdef: nnx.GraphDef, state: nnx.State,
+               info: Mapping[str, Any], *,
+               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+               name: str = "model"):
+    sizes = sorted({int(b) for b in batch_sizes})
+    if not sizes or sizes[0] < 1:
+      raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
+    self.graphdef, self.state = graphdef, state
+    self.name = name
+    self.num_classes = int(info["num_classes"])
+    self.multilabel = bool(info["multilabel"])
+    self.input_keys = tuple(info["input_keys"])
+    self.input_size = int(info["input_size"])
+    self.context = info.get("context")
+    self.max_features = info.get("max_features") or 1
+    self.label_names = info.get("label_names")
+    self._names = (None if self.label_names is None
+                   else np.asarray(self.label_names, dtype=object))
+    self._token_to_id = None
+    self.batch_sizes = tuple(sizes)
+    head = nnx.merge(graphdef, state).head
+    self.max_k = int(getattr(head, "max_k", self.num_classes))
+    self.num_traces = 0
+    self._topk = jax.jit(self._topk_fn, static_argnums=2)
+
+  # ------------------------------------------------------------- jitted
+  def _topk_fn(self, state, inputs, k):
+    self.num_traces += 1  # Python side effect: runs once per compilation.
+    model = nnx.merge(self.graphdef, state)
+    return model.topk(dict(zip(self.input_keys, inputs)), k)
+
+  @property
+  def is_bag_of_words(self) -> bool:
+    return self.input_keys == _BOW_KEYS
+
+  def check_k(self, k: int) -> int:
+    """``k`` as an int, or a ValueError naming the class count."""
+    if isinstance(k, bool) or int(k) != k:
+      raise ValueError(f"k must be an integer, got {k!r}")
+    k = int(k)
+    if not 1 <= k <= self.num_classes:
+      raise ValueError(f"k={k} is not in [1, {self.num_classes}]: the model "
+                       f"has {self.num_classes} classes")
+    if k > self.max_k:
+      raise ValueError(f"k={k} is above {self.max_k}, the most this head "
+                       "can return (MHC: limited by its beam)")
+    return k
+
+  # ------------------------------------------------------ input handling
+  def to_inputs(self, features: Any) -> tuple[np.ndarray, ...]:
+    """Any accepted input (module docstring) -> checked model input arrays."""
+    if isinstance(features, Mapping):
+      missing = [k for k in self.input_keys if k not in features]
+      if missing:
+        raise ValueError(f"input dict lacks {missing}; the model reads "
+                         f"{list(self.input_keys)}")
+      features = tuple(features[k] for k in self.input_keys)
+      if len(features) == 1:
+        features = features[0]
+    if self.is_bag_of_words:
+      return self._bow_inputs(features)
+    if self.input_keys == _TOKEN_KEYS and self.context is not None:
+      return self._token_inputs(features)
+    arrays = features if isinstance(features, tuple) else (features,)
+    return tuple(np.asarray(a) for a in arrays)
+
+  def _bow_inputs(self, features):
+    if isinstance(features, formats.XMCData):
+      features = features.X
+    if sp.issparse(features):
+      m = sp.csr_matrix(features)
+      if m.shape[1] > self.input_size and m.nnz:
+        top = int(m.indices.max())
+        if top >= self.input_size:
+          row = int(np.searchsorted(m.indptr, np.flatnonzero(
+              m.indices == top)[0], side="right") - 1)
+          raise ValueError(
+              f"feature index {top} in row {row} is beyond the model's input "
+              f"size {self.input_size} (valid indices 0..{self.input_size - 1})")
+      longest = int(np.diff(m.indptr).max()) if m.shape[0] else 0
+      width = self._width(longest)
+      padded = formats.XMCData(m, sp.csr_matrix((m.shape[0], 0), dtype=np.float32))
+      return padded.padded_features(width)
+    if not (isinstance(features, tuple) and len(features) == 2):
+      raise TypeError(
+          "a bag-of-words model takes an XMCData, a scipy sparse matrix, or "
+          f"a tuple (indices, values); got {type(features).__name__}")
+    ids = np.asarray(features[0])
+    values = np.asarray(features[1], np.float32)
+    if ids.ndim == 1:
+      ids, values = ids[None], values[None]
+    if ids.ndim != 2 or ids.shape != values.shape:
+      raise ValueError(f"indices and values must both be [N, M], got "
+                       f"{ids.shape} and {values.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"feature indices must be integers, got {ids.dtype}")
+    ids = ids.astype(np.int64, copy=False)
+    bad = np.argwhere(ids >= self.input_size)
+    if bad.size:
+      r, c = bad[0]
+      raise ValueError(
+          f"feature index {ids[r, c]} in row {r} is beyond the model's input "
+          f"size {self.input_size} (valid indices 0..{self.input_size - 1})")
+    if not np.all(np.isfinite(values[ids >= 0])):
+      raise ValueError("feature values must be finite")
+    ids = np.where(ids >= 0, ids, -1).astype(np.int32)
+    # Move valid entries first so the width can shrink to the longest row.
+    counts = (ids >= 0).sum(1)
+    longest = int(counts.max()) if ids.shape[0] else 0
+    width = self._width(longest)
+    if width != ids.shape[1]:
+      order = np.argsort(ids < 0, axis=1, kind="stable")[:, :width]
+      ids = np.take_along_axis(ids, order, 1)
+      values = np.take_along_axis(values, order, 1)
+      if width > ids.shape[1]:
+        pad = width - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        values = np.pad(values, ((0, 0), (0, pad)))
+    values = np.where(ids >= 0, values, 0).astype(np.float32)
+    return ids, values
+
+  def _width(self, longest: int) -> int:
+    return (self.max_features if longest <= self.max_features
+            else _next_pow2(longest))
+
+  def _token_inputs(self, features):
+    if isinstance(features, str):
+      raise TypeError("pass a list of strings, not one string")
+    if (isinstance(features, Sequence) and not isinstance(features, np.ndarray)
+        and features and all(isinstance(f, str) for f in features)):
+      return (self.encode_text(features),)
+    ids = np.asarray(features)
+    if ids.ndim == 1:
+      ids = ids[None]
+    if ids.ndim != 2 or ids.shape[1] != self.context:
+      raise ValueError(f"token contexts must be [N, {self.context}], got "
+                       f"{ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+      raise ValueError(f"token ids must be integers, got {ids.dtype}")
+    bad = np.argwhere((ids < 0) | (ids >= self.input_size))
+    if bad.size:
+      r, c = bad[0]
+      raise ValueError(f"token id {ids[r, c]} in row {r} is outside the "
+                       f"model's vocabulary [0, {self.input_size})")
+    return (ids.astype(np.int32),)
+
+  def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+    """Each text's last ``context`` tokens as ids (``<unk>``-padded left)."""
+    if self.label_names is None or self.context is None:
+      raise ValueError("text input needs a next-token model with a "
+                       "vocabulary (label names)")
+    if self._token_to_id is None:
+      self._token_to_id = {t: i for i, t in enumerate(self.label_names)}
+    out = np.full((len(texts), self.context), corpus_lib.UNK_ID, np.int32)
+    for i, text in enumerate(texts):
+      tokens = corpus_lib.tokenize(text)[-self.context:]
+      ids = [self._token_to_id.get(t, corpus_lib.UNK_ID) for t in tokens]
+      if ids:
+        out[i, self.context - len(ids):] = ids
+    return out
+
+  # ---------------------------------------------------------- prediction
+  def bucket(self, n: int) -> int:
+    """The batch size a chunk of ``n <= max bucket`` rows runs at."""
+    for b in self.batch_sizes:
+      if b >= n:
+        return b
+    return self.batch_sizes[-1]
+
+  def _run(self, inputs: tuple[np.ndarray, ...], k: int):
+    """Device results per chunk (dispatched asynchronously)."""
+    n = inputs[0].shape[0]
+    top = self.batch_sizes[-1]
+    outs = []
+    for start in range(0, n, top):
+      chunk = [a[start:start + top] for a in inputs]
+      rows = chunk[0].shape[0]
+      size = self.bucket(rows)
+      if size != rows:
+        chunk = [np.concatenate(
+            [a, np.full((size - rows,) + a.shape[1:], -1 if a.dtype.kind == "i"
+                        else 0, a.dtype)]) for a in chunk]
+      outs.append((rows, self._topk(self.state, tuple(chunk), k)))
+    return outs
+
+  def predict(self, features: Any, k: int = 5) -> Prediction:
+    """Top-k labels of a batch.
+
+    Args:
+      features: N examples in any form the module docstring lists.
+      k: labels per example, ``1 <= k <= C``.
+
+    Returns:
+      A :class:`Prediction` (``scores, labels = ...`` unpacks it).
+
+    Raises:
+      ValueError: k out of range, a feature index beyond the model's input
+        size, a token id outside the vocabulary, or malformed arrays.
+    """
+    k = self.check_k(k)
+    inputs = self.to_inputs(features)
+    n = inputs[0].shape[0]
+    if n == 0:
+      empty = np.zeros((0, k))
+      return Prediction(empty.astype(np.float32), empty.astype(np.int32),
+                        None if self._names is None else empty.astype(object))
+    outs = self._run(inputs, k)
+    scores = np.concatenate([np.asarray(s)[:r] for r, (s, _) in outs])
+    labels = np.concatenate([np.asarray(l)[:r] for r, (_, l) in outs])
+    names = None if self._names is None else self._names[labels]
+    return Prediction(scores, labels.astype(np.int32), names)
+
+  def warmup(self, k: int = 5, width: int | None = None) -> None:
+    """Compiles every batch bucket for ``k`` (and one feature width)."""
+    k = self.check_k(k)
+    for b in self.batch_sizes:
+      if self.is_bag_of_words:
+        w = width or self.max_features
+        inputs = (np.full((b, w), -1, np.int32), np.zeros((b, w), np.float32))
+      elif self.context is not None:
+        inputs = (np.zeros((b, self.context), np.int32),)
+      else:
+        return
+      jax.block_until_ready(self._topk(self.state, inputs, k))
+
+  # ----------------------------------------------------------- streaming
+  def predict_file(self, input_path: PathLike, output_path: PathLike, *,
+                   k: int = 5, batch_size: int | None = None,
+                   file_format: str = "auto", labels_xml: PathLike | None = None,
+                   write_names: bool = False,
+                   progress_every: float = 10.0) -> int:
+    """Predicts every example of a file, writing one line per example.
+
+    XC text and raw text are read and written a batch at a time (files
+    larger than memory work); ARFF is read whole (its reader is not
+    incremental). Output lines are ``label:score`` pairs (best first), or
+    the label names separated by tabs with ``write_names``.
+
+    Args:
+      input_path: the examples; format as ``file_format``.
+      output_path: the output text file ("-": stdout).
+      k: labels per example.
+      batch_size: rows per batch (default the largest bucket).
+      file_format: ``xc`` (Extreme Classification Repository text; labels in
+        it are ignored), ``arff`` (Mulan, needs ``labels_xml``), ``text``
+        (next-token models: one text per line, the next token after its
+        end is predicted), or ``auto`` (``.arff`` -> arff, a token model ->
+        text, else xc).
+      labels_xml: the Mulan XML naming an ARFF file's label attributes.
+      write_names: write label names instead of ``label:score``.
+      progress_every: seconds between progress lines in the log.
+
+    Returns:
+      The number of examples written.
+    """
+    k = self.check_k(k)
+    if write_names and self._names is None:
+      raise ValueError("write_names: this model's dataset had no label names")
+    batch_size = batch_size or self.batch_sizes[-1]
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    input_path = pathlib.Path(input_path)
+    if not input_path.is_file():
+      raise FileNotFoundError(f"{input_path}: no such input file")
+    fmt = file_format
+    if fmt == "auto":
+      fmt = ("arff" if input_path.suffix.lower() == ".arff" else
+             "text" if not self.is_bag_of_words else "xc")
+    if fmt == "xc":
+      batches, total = iter_xc_batches(input_path, batch_size)
+      if total[1] > self.input_size:
+        raise ValueError(
+            f"{input_path}: the header declares {total[1]} features but the "
+            f"model was trained on {self.input_size}")
+      total = total[0]
+    elif fmt == "arff":
+      if not labels_xml:
+        raise ValueError("ARFF input needs labels_xml (the Mulan XML file)")
+      data = formats.read_arff(input_path, labels_xml=labels_xml)
+      total = data.num_examples
+      batches = (data.X[i:i + batch_size] for i in range(0, total, batch_size))
+    elif fmt == "text":
+      batches, total = _iter_text_batches(input_path, batch_size), None
+    else:
+      raise ValueError(f"unknown file_format {file_format!r}; known: "
+                       "['arff', 'auto', 'text', 'xc']")
+    progress = _Progress(total, progress_every)
+    out = (open(output_path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+           if str(output_path) != "-" else None)
+    try:
+      write = out.write if out is not None else _stdout_write
+      for batch in batches:
+        pred = self.predict(batch, k)
+        write(_format_lines(pred, write_names))
+        progress.update(len(pred.labels))
+    finally:
+      if out is not None:
+        out.close()
+    progress.done()
+    return progress.count
+
+
+def _stdout_write(text: str) -> None:
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.stdout.write(text)
+
+
+def _format_lines(pred: Prediction, write_names: bool) -> str:
+  if write_names:
+    return "".join("\t".join(row) + "\n" for row in pred.names.tolist())
+  lines = []
+  for labels, scores in zip(pred.labels.tolist(), pred.scores):
+    lines.append(" ".join(f"{l}:{s}" for l, s in zip(labels, scores)) + "\n")
+  return "".join(lines)
+
+
+def read_predictions(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a ``label:score`` output file back: (scores, labels) ``[N, k]``."""
+  scores, labels = [], []
+  for line in pathlib.Path(path).read_text().splitlines():
+    pairs = [p.split(":") for p in line.split()]
+    labels.append([int(l) for l, _ in pairs])
+    scores.append([float(s) for _, s in pairs])
+  return np.asarray(scores, np.float32), np.asarray(labels, np.int32)
+
+
+class _Progress:
+  """A progress line in the log every few seconds: count, rate, ETA."""
+
+  def __init__(self, total: int | None, every: float):
+    self.total, self.every, self.count = total, every, 0
+    self.start = self.last = time.perf_counter()
+
+  def _line(self, now: float) -> str:
+    rate = self.count / max(now - self.start, 1e-9)
+    if self.total:
+      eta = (self.total - self.count) / rate if rate > 0 else math.inf
+      return (f"predicted {self.count:,}/{self.total:,} examples "
+              f"({100 * self.count / self.total:.0f}%), {rate:,.0f} "
+              f"examples/s, ETA {eta:.0f} s")
+    return f"predicted {self.count:,} examples, {rate:,.0f} examples/s"
+
+  def update(self, n: int) -> None:
+    self.count += n
+    now = time.perf_counter()
+    if now - self.last >= self.every:
+      self.last = now
+      logging.info("%s", self._line(now))
+
+  def done(self) -> None:
+    logging.info("done: %s", self._line(time.perf_counter()))
+
+
+# ---------------------------------------------------- incremental readers
+def iter_xc_batches(path: PathLike, batch_size: int
+                    ) -> tuple[Iterator[sp.csr_matrix], tuple[int, int, int]]:
+  """Feature rows of an XC text file, ``batch_size`` rows at a time.
+
+  The file is read line by line, never whole; each batch is parsed by
+  :func:`mhe_jax.data.formats.read_xc` (so the same strict rules apply, and
+  errors name ``path`` and the line in it).
+
+  Args:
+    path: an Extreme Classification Repository text file.
+    batch_size: rows per batch.
+
+  Returns:
+    ``(batches, (N, F, L))``: an iterator of CSR ``[<=batch_size, F]``
+    feature matrices, and the header's sizes.
+  """
+  path = pathlib.Path(path)
+  with open(path, encoding="utf-8-sig", newline=None) as f:
+    header_line = f.readline().rstrip("\n")
+  header = header_line.split()
+  if len(header) != 3 or not all(h.isascii() and h.isdigit() for h in header):
+    raise formats.FormatError(
+        path, 1, "malformed header: expected 'N F L' (three non-negative "
+        f"integers), got {header_line!r}")
+  n, num_features, num_labels = map(int, header)
+
+  def batches():
+    with (open(path, encoding="utf-8-sig", newline=None) as f,
+          tempfile.TemporaryDirectory() as tmp):
+      f.readline()
+      chunk_path = pathlib.Path(tmp) / "chunk.txt"
+      done = 0
+      while True:
+        lines = []
+        for line in f:
+          lines.append(line.rstrip("\n"))
+          if len(lines) == batch_size:
+            break
+        if done + len(lines) > n:
+          raise formats.FormatError(
+              path, n + 2, f"more rows than the {n} the header declares")
+        if not lines:
+          if done < n:
+            raise formats.FormatError(
+                path, done + 2, f"unexpected end of file after {done} rows; "
+                f"the header declares {n} (truncated file?)")
+          return
+        chunk_path.write_text(f"{len(lines)} {num_features} {num_labels}\n"
+                              + "\n".join(lines) + "\n", encoding="utf-8")
+        try:
+          data = formats.read_xc(chunk_path)
+        except formats.FormatError as e:
+          message = str(e).split(": ", 1)[1] if e.line else str(e)
+          line = None if e.line is None else e.line + done
+          raise formats.FormatError(path, line, message) from None
+        done += len(lines)
+        yield data.X
+
+  return batches(), (n, num_features, num_labels)
+
+
+def _iter_text_batches(path: pathlib.Path, batch_size: int
+                       ) -> Iterator[list[str]]:
+  with open(path, encoding="utf-8-sig", newline=None) as f:
+    lines = []
+    for line in f:
+      lines.append(line.rstrip("\n"))
+      if len(lines) == batch_size:
+        yield lines
+        lines = []
+    if lines:
+      yield lines
+
+
+# ------------------------------------------------------------------ export
+def export(predictor: Predictor, directory: PathLike, *,
+           k: int = 5) -> pathlib.Path:
+  """Serialises encoder + head + top-k decode with ``jax.export``.
+
+  Writes into ``directory``:
+
+  * ``predict.jaxexport``: the StableHLO program with a symbolic batch size,
+    or, for heads whose code branches on the batch size (the vanilla
+    classifier picks dense or chunked scoring from ``B * C``), one program
+    per batch bucket, ``predict_<B>.jaxexport``;
+  * ``params.npz``: the weights ``p0 .. pN``, the programs' first argument;
+  * ``export.json``: input names, shapes and dtypes, the programs and their
+    batch sizes, k, and the label names.
+
+  Bag-of-words inputs have the training feature width (``feature_ids`` -1
+  and ``feature_values`` 0 pad each row to it). :func:`load_exported` runs
+  the artifact with jax and numpy only.
+
+  Args:
+    predictor: from :func:`load`.
+    directory: created if needed.
+    k: the (fixed) number of labels the artifact returns.
+
+  Returns:
+    The directory.
+  """
+  k = predictor.check_k(k)
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  # Random-number state (dropout streams) is not a weight: keep it constant.
+  graphdef, rng_state, params = nnx.split(
+      nnx.merge(predictor.graphdef, predictor.state), nnx.RngState, ...)
+  leaves, treedef = jax.tree.flatten(params)
+
+  def predict_fn(weights, *inputs):
+    model = nnx.merge(graphdef, rng_state, jax.tree.unflatten(treedef, weights))
+    return model.topk(dict(zip(predictor.input_keys, inputs)), k)
+
+  if predictor.is_bag_of_words:
+    width = predictor.max_features
+    row_specs = [((width,), np.int32), ((width,), np.float32)]
+  elif predictor.context is not None:
+    row_specs = [((predictor.context,), np.int32)]
+  else:
+    raise ValueError(f"export supports bag-of-words and token models, not "
+                     f"inputs {predictor.input_keys}")
+  weight_specs = [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
+
+  def export_for(batch):
+    return jax.export.export(jax.jit(predict_fn))(
+        weight_specs, *(jax.ShapeDtypeStruct((batch, *s), d)
+                        for s, d in row_specs))
+
+  programs = {}
+  try:
+    programs[_EXPORT_FILE] = ("batch", export_for(
+        jax.export.symbolic_shape("batch")[0]))
+  except jax.errors.InconclusiveDimensionOperation:
+    for b in predictor.batch_sizes:
+      programs[f"predict_{b}.jaxexport"] = (b, export_for(b))
+  for name, (_, exported) in programs.items():
+    (directory / name).write_bytes(exported.serialize())
+  np.savez(directory / _EXPORT_PARAMS,
+           **{f"p{i}": np.asarray(l) for i, l in enumerate(leaves)})
+  (directory / _EXPORT_INFO).write_text(json.dumps({
+      "inputs": [{"name": name, "shape": ["batch", *s], "pad": pad,
+                  "dtype": np.dtype(d).name}
+                 for name, (s, d), pad in zip(
+                     predictor.input_keys, row_specs,
+                     (-1, 0) if predictor.is_bag_of_words else (0,))],
+      "programs": {name: b for name, (b, _) in programs.items()},
+      "k": k, "num_classes": predictor.num_classes,
+      "label_names": predictor.label_names,
+  }, indent=1))
+  return directory
+
+
+def load_exported(directory: PathLike) -> Callable[..., tuple[Any, Any]]:
+  """``f(*inputs) -> (scores [N, k], labels [N, k])`` from :func:`export`.
+
+  Uses only jax, numpy and json (no mhe_jax, no config): the same lines
+  work in a serving process that does not have this package. Inputs are
+  numpy arrays of the shapes in ``export.json`` (any N); with per-bucket
+  programs, rows are padded to the smallest bucket that holds them.
+  """
+  directory = pathlib.Path(directory)
+  meta = json.loads((directory / "export.json").read_text())
+  with np.load(directory / "params.npz") as npz:
+    weights = [jnp.asarray(npz[f"p{i}"]) for i in range(len(npz.files))]
+  programs = {b: jax.export.deserialize((directory / name).read_bytes())
+              for name, b in meta["programs"].items()}
+  pads = [spec["pad"] for spec in meta["inputs"]]
+
+  def run(*inputs):
+    if "batch" in programs:
+      return programs["batch"].call(weights, *inputs)
+    n, sizes, outs = inputs[0].shape[0], sorted(programs), []
+    for start in range(0, n, sizes[-1]):
+      chunk = [a[start:start + sizes[-1]] for a in inputs]
+      rows = chunk[0].shape[0]
+      b = min(s for s in sizes if s >= rows)
+      chunk = [np.concatenate([a, np.full((b - rows, *a.shape[1:]), p, a.dtype)])
+               for a, p in zip(chunk, pads)]
+      outs.append([o[:rows] for o in programs[b].call(weights, *chunk)])
+    return tuple(jnp.concatenate(o) for o in zip(*outs))
+
+  return run
