@@ -9,4 +9,15 @@ from mhe_jax.ops.codec import LabelCodec
 
 __version__ = "0.1.0"
 
-__all__ = ["LabelCodec", "ops"]
+
+def load(path, **kwargs):
+  """A trained model's predictor: see :func:`mhe_jax.inference.load`.
+
+  ``mhe_jax.load(workdir).predict(features, k)`` -> ``(scores, labels)``.
+  (Imported on first use, so ``import mhe_jax`` stays light.)
+  """
+  from mhe_jax import inference  # pylint: disable=g-import-not-at-top
+  return inference.load(path, **kwargs)
+
+
+__all__ = ["LabelCodec", "load", "ops"]

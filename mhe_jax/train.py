@@ -36,6 +36,7 @@ import optax
 
 from mhe_jax import checkpointing
 from mhe_jax import config_lib
+from mhe_jax import inference
 from mhe_jax import metrics as metrics_lib
 from mhe_jax import registry
 from mhe_jax import sharding as sharding_lib
@@ -175,6 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   writers.quiet_library_logs()
   trainer = Trainer(config, workdir)
   workdir = trainer.workdir
+  if jax.process_index() == 0:  # what mhe_jax.load needs to rebuild the model
+    inference.write_model_info(workdir, config, trainer.data)
   writer = writers.create_writer(workdir)
   num_steps = config.num_train_steps
 
