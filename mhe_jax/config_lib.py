@@ -71,6 +71,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.num_sampled_groups = 64  # mhs: groups (of r_2.. classes) per step.
   c.head.multilabel_loss = "bce"  # mhp multi-label loss: bce | softmax.
   c.head.chunk_size = 0       # vanilla: class chunk; 0 -> the head's default.
+  # unidec / lightdxml (mhe_jax.nn.unidec, mhe_jax.nn.lightdxml): shortlists.
+  c.head.num_picked = 3       # Positives picked per example per step (PSL k).
+  c.head.num_hard_negatives = 16  # Shortlisted labels per example per step.
+  c.head.shortlist_size = 100  # Labels shortlisted per example at inference.
+  c.head.refresh_every = 100  # unidec, joint lightdxml: steps between index rebuilds.
+  c.head.logit_scale = 20.0   # Cosine similarity multiplier in the PSL losses.
+  c.head.score_mix = 0.5      # unidec: dual-encoder weight (1 - it: classifier).
+  c.head.label_features = "auto"  # unidec: names | mean | both | auto (names if any).
+  c.head.label_feature_width = 32  # unidec: feature entries kept per label.
+  c.head.label_hash_buckets = 4096  # unidec: hash buckets of name n-grams.
+  c.head.index = "auto"       # Label index: exact | kmeans | auto (size switch).
+  c.head.exact_index_max_labels = 50_000  # auto: exact search up to this C.
+  c.head.index_clusters = 0   # kmeans clusters (power of 2); 0 -> ~sqrt(C).
+  c.head.index_probe = 8      # kmeans clusters searched per query.
+  c.head.proxy_steps = 50     # lightdxml: proxy steps per cycle; 0 -> joint.
+  c.head.classifier_steps = 50  # lightdxml: classifier steps per cycle; 0 -> joint.
   # MHE label -> code order (which labels share a head's digit): 'given'
   # (code = label), 'random' (seeded permutation) or 'clustered' (balanced
   # k-means of label centroids); see mhe_jax.label_order. Vanilla ignores it.

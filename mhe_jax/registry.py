@@ -24,12 +24,15 @@ import scipy.sparse as sp
 
 from mhe_jax import label_order as label_order_lib
 from mhe_jax.data import formats
+from mhe_jax.data import label_features
 from mhe_jax.data import pipeline
 from mhe_jax.data import synthetic
 from mhe_jax.data.corpus import Corpus
 from mhe_jax.nn import encoders
 from mhe_jax.nn import heads
+from mhe_jax.nn.lightdxml import LightDXML
 from mhe_jax.nn.models import Classifier
+from mhe_jax.nn.unidec import DualEncoderClassifier
 from mhe_jax.ops.codec import LabelCodec
 
 
@@ -335,12 +338,78 @@ def _mhs(cfg, in_features, data: Dataset, rngs, mesh=None):
 HEADS = {"vanilla": _vanilla, "mhp": _mhp, "mhc": _mhc, "mhs": _mhs}
 
 
-def build_model(config: ml_collections.ConfigDict, data: Dataset,
-                rngs: nnx.Rngs, mesh=None) -> Classifier:
-  """Encoder + head from the config."""
+# ------------------------------- sibling methods (whole models, not heads)
+def label_names(cfg: ml_collections.ConfigDict, data: Dataset) -> list[str] | None:
+  """The dataset's label names, else data.labels_xml's, else the Mulan XML
+  next to a named dataset (``<data root>/bibtex/bibtex.xml``), else None."""
+  if data.label_names is not None:
+    return list(data.label_names)
+  path = cfg.labels_xml
+  if not path and cfg.name in ("bibtex", "delicious"):
+    path = data_root(cfg) / cfg.name / f"{cfg.name}.xml"
+    path = path if path.exists() else ""
+  return [n for n, _ in formats._read_label_xml(path)] if path else None  # pylint: disable=protected-access
+
+
+def _shortlist_kwargs(cfg, num_classes):
+  kind = cfg.index
+  if kind == "auto":
+    kind = "exact" if num_classes <= cfg.exact_index_max_labels else "kmeans"
+  return dict(num_picked=cfg.num_picked,
+              num_hard_negatives=cfg.num_hard_negatives,
+              shortlist_size=cfg.shortlist_size,
+              refresh_every=cfg.refresh_every, logit_scale=cfg.logit_scale,
+              index=kind, num_clusters=cfg.index_clusters,
+              num_probe=cfg.index_probe)
+
+
+def _unidec(config, data: Dataset, rngs, mesh=None):
+  del mesh
+  cfg = config.head
+  if config.encoder.type != "sparse_mlp" or not isinstance(
+      data.train, pipeline.SparseSource):
+    raise ValueError("head.type='unidec' embeds labels with the documents' "
+                     "encoder: it needs encoder.type='sparse_mlp' and a "
+                     f"bag-of-words dataset (got {config.encoder.type!r})")
+  train = data.train.data
+  rows, grams = label_features.label_feature_matrix(
+      cfg.label_features, data.input_size, label_names(config.data, data),
+      train.X, train.Y, cfg.label_hash_buckets)
+  idf = data.idf
+  if grams is not None and idf is not None:  # n-gram rows: idf over labels
+    idf = np.concatenate([idf, encoders.SparseMLPEncoder.idf_from_csr(grams)])
+  ids, values = label_features.padded_rows(rows, cfg.label_feature_width,
+                                           weights=idf)
+  encoder = _sparse_mlp(config.encoder, dataclasses.replace(
+      data, input_size=rows.shape[1], idf=idf), rngs)
+  return DualEncoderClassifier(
+      encoder, data.input_keys, ids, values, score_mix=cfg.score_mix,
+      rngs=rngs, **_shortlist_kwargs(cfg, data.num_classes))
+
+
+def _lightdxml(config, data: Dataset, rngs, mesh=None):
+  del mesh
+  cfg = config.head
   encoder = lookup(ENCODERS, config.encoder.type, "encoder")(
       config.encoder, data, rngs)
-  head = lookup(HEADS, config.head.type, "head")(
+  return LightDXML(encoder, data.input_keys, data.num_classes,
+                   proxy_steps=cfg.proxy_steps,
+                   classifier_steps=cfg.classifier_steps, rngs=rngs,
+                   **_shortlist_kwargs(cfg, data.num_classes))
+
+
+# Methods that are whole models (their own loss/topk over encoder + labels).
+MODELS = {"unidec": _unidec, "lightdxml": _lightdxml}
+
+
+def build_model(config: ml_collections.ConfigDict, data: Dataset,
+                rngs: nnx.Rngs, mesh=None) -> Classifier:
+  """Encoder + head from the config (or a MODELS method by head.type)."""
+  if config.head.type in MODELS:
+    return MODELS[config.head.type](config, data, rngs, mesh)
+  encoder = lookup(ENCODERS, config.encoder.type, "encoder")(
+      config.encoder, data, rngs)
+  head = lookup({**HEADS, **MODELS}, config.head.type, "head")(
       config.head, encoder.out_features, data, rngs, mesh)
   return Classifier(encoder, head, data.input_keys)
 

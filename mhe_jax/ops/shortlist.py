@@ -35,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -46,6 +47,7 @@ ArrayLike = jax.typing.ArrayLike
 _NEG_INF = -jnp.inf
 
 
+@functools.partial(jax.jit, static_argnames=("k", "block_size"))
 def exact_search(queries_qd: ArrayLike, keys_cd: ArrayLike, k: int, *,
                  block_size: int = 8192) -> tuple[jax.Array, jax.Array]:
   """Exact top-k labels by inner product, blocked over the labels.
@@ -132,14 +134,16 @@ def _split_halves(x_nmd, valid_nm, iters):
       x_nmd, jnp.argmax(dist_nm, axis=1)[:, None, None], axis=1)[:, 0]
   order_nm = order_for(far_nd, 2. * mean_nd - far_nd)
   left_m = (jnp.arange(n) < n // 2).astype(x_nmd.dtype)
-  for _ in range(iters):
+  def refine(_, order_nm):
     rank_nm = jnp.argsort(order_nm, axis=1)  # position of each point
     in_left = left_m[rank_nm] * w_nm
     in_right = (1. - left_m[rank_nm]) * w_nm
-    order_nm = order_for(means(in_left), means(in_right))
-  return order_nm
+    return order_for(means(in_left), means(in_right))
+
+  return jax.lax.fori_loop(0, iters, refine, order_nm)
 
 
+@functools.partial(jax.jit, static_argnames=("num_clusters", "iters"))
 def build_kmeans_index(keys_cd: ArrayLike, num_clusters: int, *,
                        iters: int = 4) -> KMeansIndex:
   """Balanced hierarchical 2-means clustering of the label vectors.
@@ -181,6 +185,7 @@ def build_kmeans_index(keys_cd: ArrayLike, num_clusters: int, *,
   return KMeansIndex(centroids_kd, members_km)
 
 
+@functools.partial(jax.jit, static_argnames=("k", "num_probe", "query_block"))
 def kmeans_search(index: KMeansIndex, keys_cd: ArrayLike,
                   queries_qd: ArrayLike, k: int, *, num_probe: int,
                   query_block: int = 256) -> tuple[jax.Array, jax.Array]:
@@ -231,6 +236,7 @@ def default_num_clusters(num_labels: int) -> int:
   return int(min(max(power, 2), num_labels))
 
 
+@functools.partial(jax.jit, static_argnames=("size"))
 def candidate_union(ids: ArrayLike, size: int) -> jax.Array:
   """Sorted distinct non-negative ids of ``ids``, -1 padded to ``size``.
 
@@ -250,6 +256,7 @@ def candidate_union(ids: ArrayLike, size: int) -> jax.Array:
   return jnp.where(uniq == big, -1, uniq).astype(jnp.int32)
 
 
+@jax.jit
 def membership(candidates_m: ArrayLike, labels_bl: ArrayLike) -> jax.Array:
   """bool ``[B, M]``: candidate m is one of example b's labels.
 
