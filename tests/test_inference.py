@@ -29,7 +29,7 @@ from mhe_jax.data import formats
 import tiny_config
 
 
-def _train(workdir, **overrides):
+def _config(**overrides):
   config = tiny_config.get_config()
   config.num_train_steps = 6
   config.checkpoint_every = 3
@@ -39,7 +39,22 @@ def _train(workdir, **overrides):
     for p in path:
       node = node[p]
     node[last] = value
+  return config
+
+
+def _train(workdir, **overrides):
+  config = _config(**overrides)
   train.train_and_evaluate(config, workdir)
+  return config
+
+
+def _untrained(workdir, **overrides):
+  """A workdir holding the initial model (what train writes, minus training)."""
+  config = _config(**overrides)
+  trainer = train.Trainer(config, workdir)
+  trainer.checkpointer.save(0, trainer.init_state(), {})
+  trainer.checkpointer.close()
+  inference.write_model_info(workdir, config, trainer.data)
   return config
 
 
@@ -274,8 +289,7 @@ def test_exported_artifact_runs_without_mhe_jax(predictor, test_data,
 @pytest.fixture(scope="module")
 def vanilla_predictor(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("vanilla")
-  _train(workdir, **{"head.type": "vanilla", "encoder.dropout": 0.1,
-                     "num_train_steps": 2})
+  _untrained(workdir, **{"head.type": "vanilla", "encoder.dropout": 0.1})
   return inference.load(workdir, batch_sizes=(1, 8))
 
 
@@ -298,16 +312,15 @@ def test_exported_vanilla_uses_per_bucket_programs(vanilla_predictor,
 @pytest.fixture(scope="module")
 def token_run(tmp_path_factory, shared_data):
   workdir = tmp_path_factory.mktemp("tokens")
-  config = _train(workdir, **{
+  config = _untrained(workdir, **{
       "data.name": "shakespeare", "data.data_dir": str(shared_data),
-      "data.context": 3, "data.min_count": 3, "encoder.type": "token_context",
-      "data.multilabel": False, "num_train_steps": 2, "eval_batch_size": 8192})
+      "data.context": 3, "data.min_count": 3, "encoder.type": "token_context"})
   return workdir, config
 
 
 def test_text_input_uses_the_corpus_vocabulary(token_run, shared_data,
                                                tmp_path):
-  predictor = inference.load(token_run[0])
+  predictor = inference.load(token_run[0], batch_sizes=(8,))
   corpus = corpus_lib.Corpus.from_file(
       shared_data / "tinyshakespeare" / "input.txt", min_count=3)
   assert predictor.label_names == list(corpus.vocab)
