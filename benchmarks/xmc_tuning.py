@@ -27,6 +27,10 @@ from absl import flags
 
 import xmc_accuracy  # benchmarks/ is on the path when run as a script
 
+_PEER = flags.DEFINE_string(
+    "peer", None, "Instead of a config: score this peer of xmc_accuracy "
+    "(napkinxc_plt | omikuji) on --dataset's validation split, as a yardstick.")
+_DATASET = flags.DEFINE_string("dataset", "bibtex", "--peer: the dataset.")
 _MEMBERS = flags.DEFINE_integer(
     "members", 1, "> 1: an ensemble of this many seeds (summed head scores, "
     "as xmc_accuracy's best_ensemble).")
@@ -78,12 +82,38 @@ def markdown(trials: list[dict]) -> str:
   return "\n".join(rows)
 
 
+def append(log: pathlib.Path, trial: dict) -> None:
+  """Appends to the log as it is now (other trials may have been added)."""
+  trials = json.loads(log.read_text()) if log.exists() else []
+  log.parent.mkdir(parents=True, exist_ok=True)
+  log.write_text(json.dumps(trials + [trial], indent=1))
+  print(markdown([trial]))
+
+
+def peer_trial() -> dict:
+  from mhe_jax import registry  # pylint: disable=g-import-not-at-top
+  from mhe_jax.data import formats  # pylint: disable=g-import-not-at-top
+  train = formats.read_xc(xmc_accuracy.data_root() / _DATASET.value /
+                          "train.txt")
+  fit, held_out = registry._split_validation(  # pylint: disable=protected-access
+      train, _VALIDATION.value)
+  row = xmc_accuracy.run_peer(_PEER.value, _DATASET.value, fit, held_out)
+  return {"dataset": _DATASET.value, "config": _PEER.value, "overrides": {},
+          "validation_fraction": _VALIDATION.value, "note": "peer yardstick",
+          **{k: row[k] for k in ("P@1", "P@3", "P@5", "train_seconds")},
+          "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
+              timespec="seconds")}
+
+
 def main(argv):
   del argv
   out = pathlib.Path(_LOG.value)
   trials = json.loads(out.read_text()) if out.exists() else []
   if _MARKDOWN.value:
     print(markdown(trials))
+    return
+  if _PEER.value:
+    append(out, peer_trial())
     return
   from mhe_jax import train  # pylint: disable=g-import-not-at-top
   overrides = dict(parse_override(s) for s in _SET.value)
@@ -114,10 +144,7 @@ def main(argv):
       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
   }
-  trials.append(trial)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(trials, indent=1))
-  print(markdown([trial]))
+  append(out, trial)
 
 
 if __name__ == "__main__":
