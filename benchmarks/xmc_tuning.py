@@ -75,7 +75,8 @@ def markdown(trials: list[dict]) -> str:
   rows = ["| dataset | config | overrides | val P@1 | val P@3 | val P@5 | "
           "train s |", "|---|---|---|---|---|---|---|"]
   for t in trials:
-    sets = ", ".join(f"{k}={v}" for k, v in t["overrides"].items()) or "-"
+    sets = ", ".join(f"{k}={v}" for k, v in t["overrides"].items()
+                     if k != "eval_every") or "-"
     rows.append(f"| {t['dataset']} | {t['config']} | {sets} | "
                 f"{100 * t['P@1']:.1f} | {100 * t['P@3']:.1f} | "
                 f"{100 * t['P@5']:.1f} | {t['train_seconds']:.0f} |")
@@ -88,6 +89,12 @@ def append(log: pathlib.Path, trial: dict) -> None:
   log.parent.mkdir(parents=True, exist_ok=True)
   log.write_text(json.dumps(trials + [trial], indent=1))
   print(markdown([trial]))
+
+
+def eval_curve(metrics_jsonl: pathlib.Path) -> list[list[float]]:
+  rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines()]
+  return [[r["step"], round(r["eval/P@1"], 4), round(r["eval/P@5"], 4)]
+          for r in rows if "eval/P@1" in r]
 
 
 def peer_trial() -> dict:
@@ -121,6 +128,7 @@ def main(argv):
       xmc_accuracy.load_config(pathlib.Path(_CONFIG.value), None), overrides)
   config.data.validation_fraction = _VALIDATION.value
   config.checkpoint_every = 0
+  curve = []
   if _MEMBERS.value > 1:
     metrics, seconds, members = xmc_accuracy.ensemble(
         config, range(_MEMBERS.value))
@@ -129,6 +137,7 @@ def main(argv):
   else:
     with tempfile.TemporaryDirectory() as workdir:
       results = train.train_and_evaluate(config, workdir)
+      curve = eval_curve(pathlib.Path(workdir) / "metrics.jsonl")
   assert results["eval_split"] == "validation", results["eval_split"]
   trial = {
       "dataset": results["dataset"],
@@ -140,6 +149,8 @@ def main(argv):
       "P@1": results["P@1"], "P@3": results["P@3"], "P@5": results["P@5"],
       "train_seconds": results["train_seconds"],
       "num_params": results["num_params"],
+      # With --set=eval_every=N: [step, P@1, P@5] on the validation rows.
+      "curve": curve,
       "machine": f"{platform.node()} {platform.machine()}",
       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
