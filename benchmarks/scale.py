@@ -141,23 +141,31 @@ def run_point_subprocess(name: str, num_classes: int) -> dict:
 def _fmt_bytes(b) -> str:
   if b is None:
     return "-"
-  return f"{b / GB:,.2f} GB" if b >= 0.1 * GB else f"{b / 2**20:,.1f} MB"
+  return f"{b / GB:,.2f} GiB" if b >= 0.1 * GB else f"{b / 2**20:,.1f} MiB"
 
 
 def markdown_table(results: dict) -> str:
-  """One row per (C, head): time, memory, throughput."""
-  lines = ["| C | head | params | train step ms | step memory (compiled) | "
-           "peak RSS | top-5 examples/s |", "|---|---|---|---|---|---|---|"]
-  for r in sorted(results["rows"], key=lambda r: r["num_classes"]):
-    if r["seconds"] is None:
-      note = r["note"].replace("skipped: ", "")
-      cells = [f"- ({note})", _fmt_bytes(r.get("live_bytes")), "-", "-"]
-    else:
-      cells = [f"{r['seconds'] * 1e3:,.1f}", _fmt_bytes(r.get("live_bytes")),
-               _fmt_bytes(r["rss_peak_bytes"]),
-               f"{r['infer_examples_per_second']:,.0f}"]
-    lines.append(f"| {r['num_classes']:.0e} | {r['head']} | "
-                 f"{r['params'] / 1e6:,.2f}M | " + " | ".join(cells) + " |")
+  """One row per C, one column per head: time, memory, throughput."""
+  rows = results["rows"]
+  names = list(dict.fromkeys(r["head"] for r in rows))
+  lines = ["| C | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+  for c in sorted({r["num_classes"] for r in rows}):
+    cells = []
+    for name in names:
+      r = next((r for r in rows if r["head"] == name and r["num_classes"] == c),
+               None)
+      if r is None:
+        cells.append("-")
+      elif r["seconds"] is None:
+        fits = r.get("live_bytes", 0) <= results["meta"]["machine_memory_gb"] * GB
+        cells.append(f"not run: needs {_fmt_bytes(r.get('live_bytes'))} "
+                     f"({'over the run budget' if fits else 'does not fit'})")
+      else:
+        cells.append(f"{r['seconds'] * 1e3:,.1f} ms / "
+                     f"{_fmt_bytes(r['live_bytes'])} "
+                     f"({_fmt_bytes(r['rss_peak_bytes'])}) / "
+                     f"{r['infer_examples_per_second']:,.0f}")
+    lines.append(f"| {c:.0e} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 

@@ -61,6 +61,9 @@ _QUICK = flags.DEFINE_bool(
 _SEEDS = flags.DEFINE_list(
     "seeds", ["0"], "config.seed values; every setting runs once per seed "
     "(initialisation and data order change; the split does not).")
+_MERGE = flags.DEFINE_bool(
+    "merge", False, "Keep the rows of an existing --out JSON whose (setting, "
+    "seed) this run does not redo, so seeds can run one at a time.")
 _MARKDOWN_FROM = flags.DEFINE_string(
     "markdown_from", None, "Only print the README table of a results JSON.")
 _OUT = flags.DEFINE_string(
@@ -187,9 +190,18 @@ def main(argv):
   results = dict(meta=meta, rows=[])
   out = pathlib.Path(_OUT.value)
   out.parent.mkdir(parents=True, exist_ok=True)
+  todo = [(int(s), n) for s in _SEEDS.value for n in _SETTINGS.value]
+  if _MERGE.value and out.exists():
+    old = json.loads(out.read_text())
+    if old["meta"].get("quick") != _QUICK.value:
+      raise ValueError(f"--merge: {out} has quick={old['meta'].get('quick')}")
+    results["rows"] = [r for r in old["rows"]
+                       if (r.get("seed", 0), r["setting"]) not in todo]
+    meta["seeds"] = sorted({r.get("seed", 0) for r in results["rows"]} |
+                           {s for s, _ in todo})
+    meta["merged_from"] = [old["meta"]] + old["meta"].get("merged_from", [])
   t_start = time.perf_counter()
-  for seed, name in [(int(s), n) for s in _SEEDS.value
-                     for n in _SETTINGS.value]:
+  for seed, name in todo:
     _, module, overrides = known[name]
     row = run_setting(name, module, overrides, _QUICK.value, seed)
     results["rows"].append(row)
