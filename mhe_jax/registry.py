@@ -254,7 +254,7 @@ def _plain_codec(cfg: ml_collections.ConfigDict, num_classes: int) -> LabelCodec
   return LabelCodec.balanced(num_classes, cfg.num_heads)
 
 
-_CENTROIDS_CACHE: dict = {}
+_ORDER_CACHE: dict = {}
 
 
 def train_label_centroids(data: Dataset, dim: int = 64) -> np.ndarray:
@@ -263,25 +263,32 @@ def train_label_centroids(data: Dataset, dim: int = 64) -> np.ndarray:
   Bag-of-words data: each label's mean l2-normalised feature row
   (:func:`mhe_jax.label_order.label_centroids`); token data: the bag of
   each word's contexts (:func:`mhe_jax.label_order.token_label_centroids`).
-  Cached per source object (the trainer builds its codec more than once).
   """
-  key = (id(data.train), dim)
-  hit = _CENTROIDS_CACHE.get(key)
-  if hit is not None and hit[0] is data.train:
-    return hit[1]
   source = data.train
   if isinstance(source, pipeline.SparseSource):
-    cent = label_order_lib.label_centroids(source.data.X, source.data.Y, dim=dim)
-  elif isinstance(source, pipeline.TokenSource):
-    cent = label_order_lib.token_label_centroids(
+    return label_order_lib.label_centroids(source.data.X, source.data.Y,
+                                           dim=dim)
+  if isinstance(source, pipeline.TokenSource):
+    return label_order_lib.token_label_centroids(
         source.ids, source.context, data.num_classes, dim=dim)
-  else:
-    raise ValueError(f"no label centroids for a {type(source).__name__} "
-                     "training source")
-  if len(_CENTROIDS_CACHE) > 8:
-    _CENTROIDS_CACHE.clear()
-  _CENTROIDS_CACHE[key] = (source, cent)
-  return cent
+  raise ValueError(f"no label centroids for a {type(source).__name__} "
+                   "training source")
+
+
+def _clustered_permutation(data: Dataset, codec: LabelCodec,
+                           seed: int) -> np.ndarray:
+  """Balanced clustering of the training label centroids, cached per
+  training source (the trainer builds its model, hence its codec, 3 times)."""
+  key = (id(data.train), codec, seed)
+  hit = _ORDER_CACHE.get(key)
+  if hit is not None and hit[0] is data.train:
+    return hit[1]
+  perm = label_order_lib.balanced_clustering_permutation(
+      train_label_centroids(data), codec, seed=seed)
+  if len(_ORDER_CACHE) > 8:
+    _ORDER_CACHE.clear()
+  _ORDER_CACHE[key] = (data.train, perm)
+  return perm
 
 
 def make_codec(cfg: ml_collections.ConfigDict, num_classes: int,
@@ -294,18 +301,17 @@ def make_codec(cfg: ml_collections.ConfigDict, num_classes: int,
   """
   codec = _plain_codec(cfg, num_classes)
   order = cfg.get("label_order", "given")
-  if order not in label_order_lib.LABEL_ORDERS:
-    raise ValueError(f"config.head.label_order={order!r}; known: "
-                     f"{list(label_order_lib.LABEL_ORDERS)}")
-  centroids = None
+  seed = cfg.get("label_order_seed", 0)
   if order == "clustered":
     if data is None:
       raise ValueError("config.head.label_order='clustered' needs the "
                        "training data (make_codec(cfg, C, data))")
-    centroids = train_label_centroids(data)
-  seed = cfg.get("label_order_seed", 0)
-  return codec.with_permutation(label_order_lib.label_permutation(
-      order, codec, seed=seed, centroids=centroids))
+    return codec.with_permutation(_clustered_permutation(data, codec, seed))
+  if order not in label_order_lib.LABEL_ORDERS:
+    raise ValueError(f"config.head.label_order={order!r}; known: "
+                     f"{list(label_order_lib.LABEL_ORDERS)}")
+  return codec.with_permutation(
+      label_order_lib.label_permutation(order, codec, seed=seed))
 
 
 def _vanilla(cfg, in_features, data: Dataset, rngs, mesh=None):
