@@ -77,9 +77,11 @@ def markdown(trials: list[dict]) -> str:
   for t in trials:
     sets = ", ".join(f"{k}={v}" for k, v in t["overrides"].items()
                      if k != "eval_every") or "-"
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+    secs = "-" if t["train_seconds"] is None else f"{t['train_seconds']:.0f}"
     rows.append(f"| {t['dataset']} | {t['config']} | {sets} | "
-                f"{100 * t['P@1']:.1f} | {100 * t['P@3']:.1f} | "
-                f"{100 * t['P@5']:.1f} | {t['train_seconds']:.0f} |")
+                f"{pct(t['P@1'])} | {pct(t['P@3'])} | {pct(t['P@5'])} | "
+                f"{secs} |")
   return "\n".join(rows)
 
 
