@@ -160,9 +160,27 @@ class LabelIndex(nnx.Module):
                                    num_probe=self.num_probe)
 
 
+def replicated(x: ArrayLike | None) -> jax.Array | None:
+  """``x`` resharded to fully replicated if it is Explicit-sharded.
+
+  The shortlist computations (label search, the batch-wide candidate union,
+  gathers of label rows by batch-derived ids) run replicated after the
+  data-parallel encoder: an all-gather of ``[B, d]`` features, and the
+  candidate set is global to the batch anyway.
+  """
+  if x is None:
+    return None
+  x = jnp.asarray(x)
+  sharding = jax.typeof(x).sharding
+  if (sharding is None or sharding.mesh.empty or
+      not any(a is not None for a in sharding.spec)):
+    return x
+  return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+
+
 def batch_labels(batch: Mapping[str, Any]) -> jax.Array:
-  """int ``[B, L]`` labels (single-label ``[B]`` batches become ``[B, 1]``)."""
-  labels = jnp.asarray(batch["labels"], jnp.int32)
+  """int ``[B, L]`` labels, replicated (``[B]`` batches become ``[B, 1]``)."""
+  labels = replicated(jnp.asarray(batch["labels"], jnp.int32))
   return labels[:, None] if labels.ndim == 1 else labels
 
 
@@ -274,7 +292,7 @@ class DualEncoderClassifier(nnx.Module):
             ) -> jax.Array:
     """Normalised document embeddings ``[B, d]``."""
     x = self.encoder(*(batch[k] for k in self.input_keys), train=train)
-    return l2_normalize(x.astype(jnp.float32))
+    return l2_normalize(replicated(x).astype(jnp.float32))
 
   def label_embeddings(self, labels: jax.Array, *, train: bool = False
                        ) -> jax.Array:
@@ -324,7 +342,7 @@ class DualEncoderClassifier(nnx.Module):
               lambda m: l2_normalize(self.classifier[...][m]))
     return in_batch_psl(q_bd, labels_bl, hard_bs, rng, self.num_picked,
                         self.num_labels, tables, self.logit_scale,
-                        batch.get("mask"))
+                        replicated(batch.get("mask")))
 
   def scores(self, q_bd: jax.Array, labels_bs: jax.Array) -> jax.Array:
     """Inference scores ``[B, S]`` of labels ``[B, S]`` (-1: -inf)."""
