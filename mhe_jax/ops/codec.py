@@ -221,7 +221,8 @@ class LabelCodec:
     value when ``labels`` is concrete. Under ``jit``/``vmap`` they cannot be
     inspected, and encode to all -1 digits: they are treated exactly like
     padding (masked out of losses and scores), never wrapped around into
-    another valid label.
+    another valid label. With a permutation, label ``y`` is written as the
+    digits of its code ``permutation[y]``.
     """
     self.validate_labels(labels)
     labels = jnp.asarray(labels)
@@ -234,7 +235,8 @@ class LabelCodec:
 
     Rows of all -1 decode to -1. A row with a digit outside ``[0, r_h)`` or
     whose code is ``>= num_classes`` raises a ValueError when concrete, and
-    decodes to -1 under ``jit``/``vmap``.
+    decodes to -1 under ``jit``/``vmap``. With a permutation, a valid code
+    decodes to its label (the inverse permutation).
     """
     digits_arr = digits if _is_traced(digits) else np.asarray(digits)
     if digits_arr.shape[-1:] != (self.num_heads,):
