@@ -6,10 +6,12 @@ trainer writes next to its checkpoints, so the training data is not needed)
 and restores only the model's part of the newest (or a chosen) orbax
 checkpoint, on one device. The returned :class:`Predictor` decodes a batch to
 its top-k labels with the head's own exact decoder (``model.topk``), jitted
-once per *batch bucket*: a request of ``n`` rows is padded up to the smallest
-bucket ``>= n`` (default ``(1, 8, 64, 512)``; larger batches run in chunks of
-the largest), and bag-of-words rows to the training run's feature width, so
-serving requests of any size never recompiles after :meth:`Predictor.warmup`.
+once per *bucket*: a chunk of ``n`` rows is padded up to the smallest batch
+bucket ``>= n`` (default ``(1, 8, 64, 512)``; larger requests run in
+chunks), and bag-of-words rows, sorted by length, to the smallest feature
+width bucket (8, 16, 32, ... up to the training run's longest row) that
+holds the chunk's longest row, so serving requests of any size never
+recompiles after :meth:`Predictor.warmup`.
 
 Inputs to :meth:`Predictor.predict` (``N`` examples):
 
@@ -71,6 +73,7 @@ PathLike = str | os.PathLike
 CONFIG_FILE = "config.json"
 MODEL_INFO_FILE = "model_info.json"
 CHECKPOINT_DIR = "checkpoints"
+PERMUTATION_FILE = "label_permutation.npy"
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512)
 _BOW_KEYS = ("feature_ids", "feature_values")
 _TOKEN_KEYS = ("features",)
@@ -105,8 +108,18 @@ def write_model_info(workdir: PathLike, config: ml_collections.ConfigDict,
       "label_names": (None if data.label_names is None
                       else [str(n) for n in data.label_names]),
   }
+  if _clustered(config):
+    # A label order clustered from the training data is not in the
+    # checkpoint (the codec is static): keep its permutation.
+    codec = registry.make_codec(config.head, data.num_classes, data)
+    np.save(workdir / PERMUTATION_FILE, codec.permutation)
   _atomic_write(workdir / CONFIG_FILE, config.to_json_best_effort(indent=1))
   _atomic_write(workdir / MODEL_INFO_FILE, json.dumps(info))
+
+
+def _clustered(config: ml_collections.ConfigDict) -> bool:
+  return (config.head.type != "vanilla"
+          and config.head.get("label_order", "given") == "clustered")
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
@@ -226,6 +239,16 @@ def load(path: PathLike, *, step: int | None = None,
   config = _read_config(workdir / CONFIG_FILE)
   info = json.loads((workdir / MODEL_INFO_FILE).read_text())
   data = _dataset_spec(info)
+  if _clustered(config):
+    perm_path = workdir / PERMUTATION_FILE
+    if not perm_path.is_file():
+      raise FileNotFoundError(f"{perm_path} not found: the model's clustered "
+                              "label order cannot be rebuilt without it")
+    # make_codec takes a clustered order from the registry's cache (keyed by
+    # the training source) before computing one from training data we lack.
+    plain = registry._plain_codec(config.head, data.num_classes)  # pylint: disable=protected-access
+    registry._ORDER_CACHE[(id(data.train), plain, config.head.label_order_seed)] = (  # pylint: disable=protected-access
+        data.train, np.load(perm_path))
   device = device or jax.devices()[0]
   abstract = nnx.eval_shape(
       lambda: registry.build_model(config, data, nnx.Rngs(config.seed)))
@@ -285,14 +308,25 @@ def _next_pow2(n: int) -> int:
   return 1 << max(0, int(n) - 1).bit_length()
 
 
+def _fit_width(ids: np.ndarray, values: np.ndarray,
+               width: int) -> tuple[np.ndarray, np.ndarray]:
+  """Left-aligned padded features cut or padded to ``width`` columns."""
+  if width <= ids.shape[1]:
+    return ids[:, :width], values[:, :width]
+  pad = ((0, 0), (0, width - ids.shape[1]))
+  return (np.pad(ids, pad, constant_values=-1), np.pad(values, pad))
+
+
 class Predictor:
   """A trained model, jitted for top-k prediction on fixed batch buckets.
 
-  Build with :func:`load`. A request of ``n`` rows runs as chunks of the
-  largest bucket plus one padded chunk of the smallest bucket that holds the
-  rest; bag-of-words rows are padded to the training feature width (rows
-  longer than that to the next power of two). Each (bucket, width, k) is
-  compiled once; :meth:`warmup` compiles all buckets ahead of time.
+  Build with :func:`load`. A request of ``n`` rows runs as chunks of at
+  most the largest batch bucket, each padded to the smallest bucket that
+  holds it; bag-of-words rows are sorted by length and each chunk is padded
+  to its feature-width bucket (rows longer than the training width: the
+  next power of two, compiled on first use). Each (bucket, width, k) is
+  compiled once; :meth:`warmup` compiles all of them ahead of time.
+  Results come back in the request's row order.
 
   Attributes:
     num_classes: C.
@@ -300,7 +334,8 @@ class Predictor:
     input_size: bag-of-words features, or token vocabulary size.
     context: tokens per example (next-token models), else None.
     label_names: list of C names, or None.
-    batch_sizes: the buckets, ascending.
+    batch_sizes: the batch buckets, ascending.
+    widths: the feature-width buckets (bag-of-words models).
     max_k: the largest k the head's decoder accepts.
   """
 
@@ -319,6 +354,10 @@ class Predictor:
     self.input_size = int(info["input_size"])
     self.context = info.get("context")
     self.max_features = info.get("max_features") or 1
+    self.max_cells = sizes[-1] * 64  # feature slots per chunk (see _run)
+    self.widths = tuple(sorted(
+        {min(2**i, self.max_features) for i in range(3, 32)
+         if 2**(i - 1) < self.max_features} | {self.max_features}))
     self.label_names = info.get("label_names")
     self._names = (None if self.label_names is None
                    else np.asarray(self.label_names, dtype=object))
@@ -353,8 +392,13 @@ class Predictor:
     return k
 
   # ------------------------------------------------------ input handling
-  def to_inputs(self, features: Any) -> tuple[np.ndarray, ...]:
-    """Any accepted input (module docstring) -> checked model input arrays."""
+  def to_inputs(self, features: Any,
+                width: int | None = None) -> tuple[np.ndarray, ...]:
+    """Any accepted input (module docstring) -> checked model input arrays.
+
+    Bag-of-words inputs come back as ``(feature_ids, feature_values)`` with
+    each row's features first, ``width`` wide (default: the longest row).
+    """
     if isinstance(features, Mapping):
       missing = [k for k in self.input_keys if k not in features]
       if missing:
@@ -364,13 +408,13 @@ class Predictor:
       if len(features) == 1:
         features = features[0]
     if self.is_bag_of_words:
-      return self._bow_inputs(features)
+      return self._bow_inputs(features, width)
     if self.input_keys == _TOKEN_KEYS and self.context is not None:
       return self._token_inputs(features)
     arrays = features if isinstance(features, tuple) else (features,)
     return tuple(np.asarray(a) for a in arrays)
 
-  def _bow_inputs(self, features):
+  def _bow_inputs(self, features, width):
     if isinstance(features, formats.XMCData):
       features = features.X
     if sp.issparse(features):
@@ -384,9 +428,8 @@ class Predictor:
               f"feature index {top} in row {row} is beyond the model's input "
               f"size {self.input_size} (valid indices 0..{self.input_size - 1})")
       longest = int(np.diff(m.indptr).max()) if m.shape[0] else 0
-      width = self._width(longest)
       padded = formats.XMCData(m, sp.csr_matrix((m.shape[0], 0), dtype=np.float32))
-      return padded.padded_features(width)
+      return padded.padded_features(width or max(longest, 1))
     if not (isinstance(features, tuple) and len(features) == 2):
       raise TypeError(
           "a bag-of-words model takes an XMCData, a scipy sparse matrix, or "
@@ -409,25 +452,26 @@ class Predictor:
           f"size {self.input_size} (valid indices 0..{self.input_size - 1})")
     if not np.all(np.isfinite(values[ids >= 0])):
       raise ValueError("feature values must be finite")
-    ids = np.where(ids >= 0, ids, -1).astype(np.int32)
-    # Move valid entries first so the width can shrink to the longest row.
-    counts = (ids >= 0).sum(1)
-    longest = int(counts.max()) if ids.shape[0] else 0
-    width = self._width(longest)
-    if width != ids.shape[1]:
-      order = np.argsort(ids < 0, axis=1, kind="stable")[:, :width]
+    valid = ids >= 0
+    if np.any(valid[:, 1:] & ~valid[:, :-1]):  # padding before a feature
+      order = np.argsort(~valid, axis=1, kind="stable")
       ids = np.take_along_axis(ids, order, 1)
       values = np.take_along_axis(values, order, 1)
-      if width > ids.shape[1]:
-        pad = width - ids.shape[1]
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        values = np.pad(values, ((0, 0), (0, pad)))
-    values = np.where(ids >= 0, values, 0).astype(np.float32)
+      valid = ids >= 0
+    longest = int(valid.sum(1).max()) if ids.shape[0] else 0
+    if width is not None and longest > width:
+      raise ValueError(f"a row has {longest} features, more than width={width}")
+    ids, values = _fit_width(np.where(valid, ids, -1).astype(np.int32),
+                             np.where(valid, values, 0).astype(np.float32),
+                             width or max(longest, 1))
     return ids, values
 
   def _width(self, longest: int) -> int:
-    return (self.max_features if longest <= self.max_features
-            else _next_pow2(longest))
+    """The feature-width bucket of a chunk whose longest row is ``longest``."""
+    for w in self.widths:
+      if w >= longest:
+        return w
+    return _next_pow2(longest)
 
   def _token_inputs(self, features):
     if isinstance(features, str):
@@ -474,20 +518,43 @@ class Predictor:
     return self.batch_sizes[-1]
 
   def _run(self, inputs: tuple[np.ndarray, ...], k: int):
-    """Device results per chunk (dispatched asynchronously)."""
+    """(row order, device results per chunk), dispatched asynchronously.
+
+    Bag-of-words rows are sorted by length and cut into chunks, each padded
+    only to its longest row's width bucket; a chunk of long rows uses a
+    smaller batch bucket, so that a chunk holds at most ``max_cells``
+    feature slots (Delicious' median row has 6 features, its longest 335:
+    padding every row to 335 made a test-set pass 5x slower).
+    """
     n = inputs[0].shape[0]
-    top = self.batch_sizes[-1]
+    order = lengths = None
+    if self.is_bag_of_words:
+      lengths = (inputs[0] >= 0).sum(1)
+      if n > 1:
+        order = np.argsort(lengths, kind="stable")
     outs = []
-    for start in range(0, n, top):
-      chunk = [a[start:start + top] for a in inputs]
-      rows = chunk[0].shape[0]
-      size = self.bucket(rows)
-      if size != rows:
+    start = 0
+    while start < n:
+      for b in reversed(self.batch_sizes):
+        rows = (slice(start, start + b) if order is None
+                else order[start:start + b])
+        width = (None if lengths is None
+                 else self._width(int(lengths[rows].max())))
+        if (width is None or b * width <= self.max_cells
+            or b == self.batch_sizes[0]):
+          break
+      chunk = [a[rows] for a in inputs]
+      if width is not None:
+        chunk = _fit_width(*chunk, width)
+      m = chunk[0].shape[0]
+      size = self.bucket(m)
+      if size != m:
         chunk = [np.concatenate(
-            [a, np.full((size - rows,) + a.shape[1:], -1 if a.dtype.kind == "i"
+            [a, np.full((size - m,) + a.shape[1:], -1 if a.dtype.kind == "i"
                         else 0, a.dtype)]) for a in chunk]
-      outs.append((rows, self._topk(self.state, tuple(chunk), k)))
-    return outs
+      outs.append((m, self._topk(self.state, tuple(chunk), k)))
+      start += m
+    return order, outs
 
   def predict(self, features: Any, k: int = 5) -> Prediction:
     """Top-k labels of a batch.
@@ -510,24 +577,29 @@ class Predictor:
       empty = np.zeros((0, k))
       return Prediction(empty.astype(np.float32), empty.astype(np.int32),
                         None if self._names is None else empty.astype(object))
-    outs = self._run(inputs, k)
+    order, outs = self._run(inputs, k)
     scores = np.concatenate([np.asarray(s)[:r] for r, (s, _) in outs])
     labels = np.concatenate([np.asarray(l)[:r] for r, (_, l) in outs])
+    if order is not None:
+      scores[order], labels[order] = scores.copy(), labels.copy()
     names = None if self._names is None else self._names[labels]
     return Prediction(scores, labels.astype(np.int32), names)
 
-  def warmup(self, k: int = 5, width: int | None = None) -> None:
-    """Compiles every batch bucket for ``k`` (and one feature width)."""
+  def warmup(self, k: int = 5) -> None:
+    """Compiles every (batch bucket, feature-width bucket) program for k.
+
+    After it, requests whose rows are at most the training width long never
+    compile.
+    """
     k = self.check_k(k)
     for b in self.batch_sizes:
       if self.is_bag_of_words:
-        w = width or self.max_features
-        inputs = (np.full((b, w), -1, np.int32), np.zeros((b, w), np.float32))
+        for w in self.widths:
+          inputs = (np.full((b, w), -1, np.int32), np.zeros((b, w), np.float32))
+          jax.block_until_ready(self._topk(self.state, inputs, k))
       elif self.context is not None:
         inputs = (np.zeros((b, self.context), np.int32),)
-      else:
-        return
-      jax.block_until_ready(self._topk(self.state, inputs, k))
+        jax.block_until_ready(self._topk(self.state, inputs, k))
 
   # ----------------------------------------------------------- streaming
   def predict_file(self, input_path: PathLike, output_path: PathLike, *,

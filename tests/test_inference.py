@@ -184,6 +184,31 @@ def test_cli_output_parses_back_to_predict(mhp_run, predictor, test_data,
   np.testing.assert_allclose(scores, want.scores, rtol=1e-6)
 
 
+def test_arff_input_with_labels_xml(predictor, test_data, tmp_path):
+  data = formats.XMCData(test_data.X[:20], test_data.Y[:20])
+  f, c = data.num_features, data.num_labels
+  header = (["@relation tiny"] + [f"@attribute f{i} numeric" for i in range(f)]
+            + [f"@attribute tag{j} {{0,1}}" for j in range(c)] + ["@data"])
+  rows = []
+  for i in range(20):
+    x, y = data.X[i], data.Y[i]
+    entries = [f"{j} {v}" for j, v in zip(x.indices, x.data)]
+    entries += [f"{f + j} 1" for j in y.indices]
+    rows.append("{" + ",".join(entries) + "}")
+  (tmp_path / "t.arff").write_text("\n".join(header + rows) + "\n")
+  (tmp_path / "t.xml").write_text(
+      '<labels xmlns="http://mulan.sourceforge.net/labels">'
+      + "".join(f'<label name="tag{j}"></label>' for j in range(c))
+      + "</labels>")
+  n = predictor.predict_file(tmp_path / "t.arff", tmp_path / "o.txt", k=5,
+                             labels_xml=tmp_path / "t.xml")
+  scores, labels = inference.read_predictions(tmp_path / "o.txt")
+  want = predictor.predict(data, k=5)
+  assert n == 20
+  np.testing.assert_array_equal(labels, want.labels)
+  np.testing.assert_allclose(scores, want.scores, rtol=1e-6)
+
+
 def test_cli_errors_are_one_line(tmp_path, mhp_run):
   bare = tmp_path / "bare"
   bare.mkdir()
@@ -259,8 +284,8 @@ import jax, jax.numpy as jnp, numpy as np
 PathLike = str
 exec(pathlib.Path(sys.argv[2]).read_text())  # load_exported's source alone
 d = pathlib.Path(sys.argv[1])
-inputs = np.load(d / "inputs.npz")
-scores, labels = load_exported(d)(inputs["ids"], inputs["values"])
+with np.load(d / "inputs.npz") as inputs:
+  scores, labels = load_exported(d)(inputs["ids"], inputs["values"])
 np.savez(d / "outputs.npz", scores=np.asarray(scores),
          labels=np.asarray(labels))
 """
@@ -271,7 +296,8 @@ def test_exported_artifact_runs_without_mhe_jax(predictor, test_data,
   d = inference.export(predictor, tmp_path / "exported", k=5)
   assert json.loads((d / "export.json").read_text())["programs"] == {
       "predict.jaxexport": "batch"}  # one program, any batch size
-  ids, values = predictor.to_inputs(test_data.X[:37])
+  ids, values = predictor.to_inputs(test_data.X[:37],
+                                   width=predictor.max_features)
   np.savez(d / "inputs.npz", ids=ids, values=values)
   source = tmp_path / "load_exported.py"
   source.write_text(inspect.getsource(inference.load_exported))
@@ -280,10 +306,11 @@ def test_exported_artifact_runs_without_mhe_jax(predictor, test_data,
       [sys.executable, "-c", _STANDALONE, str(d), str(source)], cwd=tmp_path,
       env=env, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr
-  got = np.load(d / "outputs.npz")
+  with np.load(d / "outputs.npz") as got:
+    scores, labels = got["scores"], got["labels"]
   want = predictor.predict(test_data.X[:37], k=5)
-  np.testing.assert_array_equal(got["labels"], want.labels)
-  np.testing.assert_allclose(got["scores"], want.scores, rtol=1e-5)
+  np.testing.assert_array_equal(labels, want.labels)
+  np.testing.assert_allclose(scores, want.scores, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +329,8 @@ def test_exported_vanilla_uses_per_bucket_programs(vanilla_predictor,
   assert sorted(meta["programs"].values()) == [1, 8]
   run = inference.load_exported(d)
   for n in (1, 5, 20):
-    ids, values = vanilla_predictor.to_inputs(test_data.X[:n])
+    ids, values = vanilla_predictor.to_inputs(
+        test_data.X[:n], width=vanilla_predictor.max_features)
     scores, labels = run(ids, values)
     want = vanilla_predictor.predict(test_data.X[:n], k=3)
     np.testing.assert_array_equal(np.asarray(labels), want.labels)
