@@ -337,6 +337,29 @@ def test_exported_vanilla_uses_per_bucket_programs(vanilla_predictor,
     np.testing.assert_allclose(np.asarray(scores), want.scores, rtol=1e-5)
 
 
+def test_clustered_label_order_is_restored(tmp_path, test_data):
+  # The codec's permutation comes from the training data's label centroids;
+  # load() has no training data, so it must come from the workdir.
+  config = _untrained(tmp_path, **{"head.type": "mhc",
+                                   "head.label_order": "clustered"})
+  trainer = train.Trainer(config, tmp_path)
+  step, state, _ = trainer.checkpointer.restore_latest(trainer.abstract_state)
+  trainer.checkpointer.close()
+  model = nnx.merge(trainer.graphdef, state)[0]
+  assert model.head.codec.permuted
+  loaded = inference.load(tmp_path, batch_sizes=(8,))
+  assert (nnx.merge(loaded.graphdef, loaded.state).head.codec
+          == model.head.codec)
+  x = test_data.X[:8]
+  ids, values = loaded.to_inputs(x)
+  with jax.set_mesh(trainer.mesh):
+    want_s, want_l = jax.jit(lambda m, b: m.topk(b, 5))(
+        model, {"feature_ids": ids, "feature_values": values})
+  got = loaded.predict(x, k=5)
+  np.testing.assert_array_equal(got.labels, np.asarray(want_l))
+  np.testing.assert_allclose(got.scores, np.asarray(want_s), rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def token_run(tmp_path_factory, shared_data):
   workdir = tmp_path_factory.mktemp("tokens")
