@@ -100,7 +100,7 @@ def run_point(name: str, num_classes: int) -> dict:
              f"{_MACHINE_GB.value:g} GiB" if need > _MACHINE_GB.value * GB
              else f"over the run budget {FLAGS.memory_budget_gb:g} GiB")
     row.update(seconds=None, infer_examples_per_second=None,
-               note=f"skipped: the compiled step needs {need / GB:.1f} GiB, "
+               note=f"skipped: the compiled step needs {_fmt_bytes(need)}, "
                f"{where}")
     return row
   row["seconds"], row["loss"], state = heads_lib.run_steps(

@@ -17,11 +17,13 @@ For each it records acc@1 / acc@5, the train-loop time per step after
 compilation ((train_seconds - compile_seconds) / (steps - 1) from the
 trainer's results, so it includes batching on the host), the head's
 parameters (``nnx.Param`` leaves of ``model.head``), the encoder's and the
-whole model's. Prints a markdown table and writes JSON.
+whole model's. Prints a markdown table and writes JSON and a PNG (accuracy
+against head parameters and against step time).
 
-  python benchmarks/shakespeare.py                  # ~6 min on 2 CPU cores
+  python benchmarks/shakespeare.py                  # ~9 min on 2 loaded CPU cores
+  python benchmarks/shakespeare.py --seeds=1 --merge  # add a seed to the JSON
   python benchmarks/shakespeare.py --quick          # 'runlocal' configs, ~1 min
-  python benchmarks/shakespeare.py --markdown_from=benchmarks/results/shakespeare.json
+  python benchmarks/shakespeare.py --markdown_from=benchmarks/results/shakespeare.json  # + PNG
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ _MERGE = flags.DEFINE_bool(
     "seed) this run does not redo, so seeds can run one at a time.")
 _MARKDOWN_FROM = flags.DEFINE_string(
     "markdown_from", None, "Only print the README table of a results JSON.")
+_PLOT = flags.DEFINE_string(
+    "plot", str(REPO / "benchmarks" / "results" / "shakespeare.png"),
+    "Where to write the PNG (accuracy against head parameters and step time).")
 _OUT = flags.DEFINE_string(
     "out", str(REPO / "benchmarks" / "results" / "shakespeare.json"),
     "Where to write the JSON results.")
@@ -172,10 +177,49 @@ def markdown_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def plot(results: dict, path: str) -> None:
+  """Bars: acc@1 / acc@5 per setting; head parameters and train-step time."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = summarize(results["rows"])
+  names = [r["setting"] for r in rows]
+  pos = np.arange(len(rows))
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  for offset, key in ((-0.2, "acc1"), (0.2, "acc5")):
+    axes[0].bar(pos + offset, [100 * r[key] for r in rows], 0.4,
+                yerr=[100 * r[key + "_std"] for r in rows], capsize=3,
+                label=key.replace("acc", "acc@"))
+  axes[0].set_ylabel("test accuracy (%)")
+  axes[0].legend()
+  for ax, key, scale, label in (
+      (axes[1], "head_params", 1, "head (classifier) parameters"),
+      (axes[2], "step_seconds", 1e3,
+       "train step, ms (whole model; shared CPU)")):
+    values = [r[key] * scale for r in rows]
+    ax.bar(pos, values, 0.6, color="C2")
+    for x, v in zip(pos, values):
+      ax.annotate(f"{v:,.0f}", (x, v), ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel(label)
+  for ax in axes:
+    ax.set_xticks(pos, names, fontsize=8)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+  seeds = results["meta"].get("seeds", [0])
+  fig.suptitle(f"Shakespeare next word, 11,697 classes ({len(seeds)} seeds, "
+               "mean ± std)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
 def main(argv):
   del argv
   if _MARKDOWN_FROM.value:
-    print(markdown_table(json.loads(pathlib.Path(_MARKDOWN_FROM.value).read_text())))
+    results = json.loads(pathlib.Path(_MARKDOWN_FROM.value).read_text())
+    print(markdown_table(results))
+    plot(results, _PLOT.value)
+    print(f"wrote {_PLOT.value}")
     return
   known = {s[0]: s for s in SETTINGS}
   unknown = set(_SETTINGS.value) - set(known)
@@ -199,7 +243,8 @@ def main(argv):
                        if (r.get("seed", 0), r["setting"]) not in todo]
     meta["seeds"] = sorted({r.get("seed", 0) for r in results["rows"]} |
                            {s for s, _ in todo})
-    meta["merged_from"] = [old["meta"]] + old["meta"].get("merged_from", [])
+    previous = dict(old["meta"])
+    meta["merged_from"] = [previous] + previous.pop("merged_from", [])
   t_start = time.perf_counter()
   for seed, name in todo:
     _, module, overrides = known[name]
@@ -213,7 +258,8 @@ def main(argv):
                 wall_seconds=time.perf_counter() - t_start)
     out.write_text(json.dumps(results, indent=1))  # partial results survive
   print(markdown_table(results))
-  print(f"wrote {out}")
+  plot(results, _PLOT.value)
+  print(f"wrote {out} and {_PLOT.value}")
 
 
 if __name__ == "__main__":
