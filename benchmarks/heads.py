@@ -25,7 +25,6 @@ from absl import app
 from absl import flags
 from flax import nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

@@ -28,7 +28,6 @@ against head parameters and against step time).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -42,6 +41,7 @@ from flax import nnx
 import jax
 import numpy as np
 
+from mhe_jax import config_lib
 from mhe_jax import registry
 from mhe_jax import train
 
@@ -76,22 +76,6 @@ _OUT = flags.DEFINE_string(
     "Where to write the JSON results.")
 
 
-def load_config(module: str, arg: str | None, overrides: dict):
-  """``configs/<module>.py``'s ``get_config(arg)`` with dotted overrides."""
-  path = REPO / "configs" / f"{module}.py"
-  spec = importlib.util.spec_from_file_location(f"configs_{module}", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config(arg)
-  for key, value in overrides.items():
-    *parents, last = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[last] = value
-  return config
-
-
 def _count(tree) -> int:
   return int(sum(np.prod(x.shape) for x in
                  jax.tree.leaves(nnx.state(tree, nnx.Param))))
@@ -108,7 +92,8 @@ def param_counts(config) -> dict[str, int]:
 
 def run_setting(name: str, module: str, overrides: dict, quick: bool,
                 seed: int) -> dict:
-  config = load_config(module, "runlocal" if quick else None, overrides)
+  config = config_lib.from_file(REPO / "configs" / f"{module}.py",
+                                "runlocal" if quick else None, overrides)
   config.seed = seed
   counts = param_counts(config)
   with tempfile.TemporaryDirectory(prefix="mhe_shakespeare_") as workdir:

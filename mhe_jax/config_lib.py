@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -159,3 +161,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.data.validation_fraction < 1.0:
     raise ValueError("config.data.validation_fraction must be in [0, 1), got "
                      f"{config.data.validation_fraction}")
+
+
+def from_file(path: str | pathlib.Path, arg: str | None = None,
+              overrides: dict[str, Any] | None = None
+              ) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of a config module file, then dotted-key overrides.
+
+  What ``--config=PATH:ARG --config.a.b=V`` gives ``mhe_jax.main``, for
+  scripts and benchmarks. An override of an unknown key raises ValueError.
+
+  Example::
+
+    config = from_file("configs/shakespeare_mhp.py", "runlocal",
+                       {"head.type": "mhc"})
+  """
+  path = pathlib.Path(path)
+  spec = importlib.util.spec_from_file_location(f"configs_{path.stem}", path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f"cannot load a config module from {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  known = _flatten(base_config())
+  for key, value in (overrides or {}).items():
+    if key not in known:
+      raise ValueError(f"override of unknown config key {key!r} for {path}")
+    *parents, last = key.split(".")
+    node = config
+    for name in parents:
+      node = node[name]
+    node[last] = value
+  return config

@@ -54,6 +54,18 @@ def test_docstring_gives_command_hardware_walltime(path):
     assert word in doc, f"{path.name}: docstring lacks {word!r}"
 
 
+def test_from_file_applies_overrides():
+  path = CONFIG_DIR / "shakespeare_mhp.py"
+  expected = load_module(path).get_config("runlocal")
+  expected.head.type = "mhc"
+  expected.head.beam = 4
+  config = config_lib.from_file(path, "runlocal",
+                                {"head.type": "mhc", "head.beam": 4})
+  assert config.to_dict() == expected.to_dict()
+  with pytest.raises(ValueError, match="head.bem"):
+    config_lib.from_file(path, None, {"head.bem": 4})
+
+
 def _runlocal(name, **overrides):
   config = load_module(CONFIG_DIR / f"{name}.py").get_config("runlocal")
   for key, value in overrides.items():
