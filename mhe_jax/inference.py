@@ -313,8 +313,11 @@ def _fit_width(ids: np.ndarray, values: np.ndarray,
   """Left-aligned padded features cut or padded to ``width`` columns."""
   if width <= ids.shape[1]:
     return ids[:, :width], values[:, :width]
-  pad = ((0, 0), (0, width - ids.shape[1]))
-  return (np.pad(ids, pad, constant_values=-1), np.pad(values, pad))
+  out_ids = np.full((ids.shape[0], width), -1, np.int32)
+  out_values = np.zeros((ids.shape[0], width), np.float32)
+  out_ids[:, :ids.shape[1]] = ids
+  out_values[:, :ids.shape[1]] = values
+  return out_ids, out_values
 
 
 class Predictor:
