@@ -21,28 +21,16 @@ Tuning:    none (no run on the test split before the one above).
 Arguments: ``--config=configs/shakespeare_mhp3.py:runlocal`` shrinks it to seconds.
 """
 
+import pathlib
+
 from mhe_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-  config = config_lib.base_config()
+  # Everything but the head is shakespeare_vanilla's (runlocal included).
+  config = config_lib.from_file(
+      pathlib.Path(__file__).with_name("shakespeare_vanilla.py"), arg)
   config.name = "shakespeare_mhp3"
-  config.data.name = "shakespeare"
-  config.data.context = 4
-  config.data.min_count = 1
-  config.encoder.type = "token_context"
-  config.encoder.embed_dim = 128
-  config.encoder.hidden = (512,)
   config.head.type = "mhp"
   config.head.num_heads = 3
-  config.batch_size = 256
-  config.eval_batch_size = 1024
-  config.num_train_steps = 600
-  config.log_every = 100
-  config.checkpoint_every = 0
-  config.optimizer.learning_rate = 2e-3
-  if arg == "runlocal":  # the full test split is still evaluated
-    config.encoder.embed_dim = 32
-    config.encoder.hidden = (128,)
-    config.num_train_steps = 20
   return config
