@@ -366,7 +366,8 @@ class Predictor:
                    else np.asarray(self.label_names, dtype=object))
     self._token_to_id = None
     self.batch_sizes = tuple(sizes)
-    head = nnx.merge(graphdef, state).head
+    model = nnx.merge(graphdef, state)
+    head = getattr(model, "head", model)  # whole-model methods have no head
     self.max_k = int(getattr(head, "max_k", self.num_classes))
     self.num_traces = 0
     self._topk = jax.jit(self._topk_fn, static_argnums=2)
