@@ -3,13 +3,12 @@
 from flax import nnx
 import jax
 import numpy as np
+import pytest
 
-from conftest import REPO_ROOT
-from mhe_jax import train
 from mhe_jax.nn.encoders import SparseMLPEncoder
 from mhe_jax.nn.lightdxml import LightDXML
-from test_configs import load_module
 from test_unidec import learns
+from test_unidec import runlocal_trains
 
 
 def tiny_batch(rng, b=8, v=40, c=12):
@@ -61,10 +60,7 @@ def test_lightdxml_learns_synthetic(tmp_path):
   learns("lightdxml", tmp_path)
 
 
-def test_runlocal_bibtex_lightdxml_trains(tmp_path):
-  config = load_module(REPO_ROOT / "configs" / "bibtex_lightdxml.py"
-                       ).get_config("runlocal")
-  config.num_train_steps = 3
-  results = train.train_and_evaluate(config, tmp_path)
-  assert results["head"] == "lightdxml" and results["num_classes"] == 159
-  assert results["P@1"] > 0.0 and {"P@3", "P@5"} <= set(results)
+@pytest.mark.parametrize("name,num_classes", [("bibtex_lightdxml", 159),
+                                              ("delicious_lightdxml", 983)])
+def test_runlocal_lightdxml_configs_train(name, num_classes, tmp_path):
+  runlocal_trains(name, tmp_path, num_classes)

@@ -165,10 +165,18 @@ def test_label_names_come_from_the_mulan_xml(shared_data):
   assert len(names) == 159 and names[4] == "TAG_algorithms"
 
 
-def test_runlocal_bibtex_unidec_trains(tmp_path):
-  config = load_module(REPO_ROOT / "configs" / "bibtex_unidec.py").get_config(
+def runlocal_trains(name, tmp_path, num_classes):
+  """configs/{name}.py:runlocal, cut to 2 steps, trains and evaluates."""
+  config = load_module(REPO_ROOT / "configs" / f"{name}.py").get_config(
       "runlocal")
-  config.num_train_steps = 3
+  config.num_train_steps = 2
   results = train.train_and_evaluate(config, tmp_path)
-  assert results["head"] == "unidec" and results["num_classes"] == 159
+  assert results["head"] == config.head.type
+  assert results["num_classes"] == num_classes
   assert results["P@1"] > 0.0 and {"P@3", "P@5"} <= set(results)
+
+
+@pytest.mark.parametrize("name,num_classes", [("bibtex_unidec", 159),
+                                              ("delicious_unidec", 983)])
+def test_runlocal_unidec_configs_train(name, num_classes, tmp_path):
+  runlocal_trains(name, tmp_path, num_classes)

@@ -122,7 +122,8 @@ def _split_halves(x_nmd, valid_nm, iters):
   def order_for(c1_nd, c2_nd):
     # 2-means score: |x - c1|^2 - |x - c2|^2; padding sorts last.
     diff = 2. * jnp.einsum("nmd,nd->nm", x_nmd, c2_nd - c1_nd)
-    diff = diff + (c1_nd * c1_nd).sum(-1)[:, None] - (c2_nd * c2_nd).sum(-1)[:, None]
+    norms_n = (c1_nd * c1_nd).sum(-1) - (c2_nd * c2_nd).sum(-1)
+    diff = diff + norms_n[:, None]
     diff = jnp.where(valid_nm, diff, jnp.inf)
     return jnp.argsort(diff, axis=1, stable=True)
 
@@ -162,7 +163,7 @@ def build_kmeans_index(keys_cd: ArrayLike, num_clusters: int, *,
     A :class:`KMeansIndex`; deterministic given the keys.
   """
   keys_cd = jnp.asarray(keys_cd, jnp.float32)
-  num_keys, dim = keys_cd.shape
+  num_keys = keys_cd.shape[0]
   depth = int(num_clusters).bit_length() - 1
   if num_clusters < 2 or 2 ** depth != num_clusters or num_clusters > num_keys:
     raise ValueError(f"num_clusters must be a power of two in [2, {num_keys}] "
@@ -181,7 +182,6 @@ def build_kmeans_index(keys_cd: ArrayLike, num_clusters: int, *,
   w_km = valid_km.astype(jnp.float32)
   centroids_kd = jnp.einsum("km,kmd->kd", w_km, padded_cd[perm_nm])
   centroids_kd = centroids_kd / jnp.maximum(w_km.sum(1), 1.)[:, None]
-  del dim
   return KMeansIndex(centroids_kd, members_km)
 
 
