@@ -24,7 +24,8 @@ Inputs to :meth:`Predictor.predict` (``N`` examples):
 * a dict of the model's input arrays (``model_info.json``'s ``input_keys``).
 
 :func:`export` writes the encoder + head + decode as a ``jax.export``
-artifact (StableHLO, batch size symbolic) with its weights in an ``.npz``;
+artifact (StableHLO with a symbolic batch size, or one program per batch
+bucket for heads whose code branches on it) with its weights in an ``.npz``;
 :func:`load_exported` runs it with nothing but jax and numpy (it is short so
 that it can be copied into a serving process; see the README).
 
@@ -34,9 +35,10 @@ Example::
   predictor = inference.load("/tmp/delicious_mhp")    # a training workdir
   scores, labels = predictor.predict(test_data, k=5)  # numpy [N, 5] each
   pred = predictor.predict(test_data, k=5)
-  pred.names                                          # [N, 5] label names
+  pred.names                  # [N, 5] label names (None if the data had none)
   inference.export(predictor, "/tmp/exported", k=5)
   run = inference.load_exported("/tmp/exported")      # jax + numpy only
+  ids, values = predictor.to_inputs(test_data, width=predictor.max_features)
   scores, labels = run(ids, values)
 """
 

@@ -9,7 +9,6 @@ the corpus's own tokenizer.
 import inspect
 import json
 import os
-import pathlib
 import shutil
 import subprocess
 import sys
