@@ -18,7 +18,8 @@ accuracy tables; this script checks each on this machine:
     - Shakespeare next word (``configs/shakespeare_mhp.py``, H = 2),
     - a noisy Gaussian mixture (C = 2000, d = 64, noise 1.0; the MLP +
       head loop of ``tests/learning.py``) where MHP trails the full softmax
-      badly after 300 steps, and again after 1500 steps (closer to fitting).
+      badly after 300 steps, and again after 1500 steps; and at noise 0.5
+      after 1500 steps, where MHP comes close to fitting.
       The mixture's class ids are already random w.r.t. the centres, so
       'given' is one more random order there; 'clustered' uses class means
       of 20,000 labelled training draws.
@@ -43,7 +44,7 @@ writes ``benchmarks/results/claims.json`` and three PNG plots next to it.
   python benchmarks/claims.py                    # all parts, ~25 min on 2 loaded CPU cores
   python benchmarks/claims.py --parts=low_rank   # one part
   python benchmarks/claims.py --quick            # smoke run (runlocal configs, few steps)
-  python benchmarks/claims.py --markdown_from=benchmarks/results/claims.json
+  python benchmarks/claims.py --markdown_from=benchmarks/results/claims.json  # tables + plots
 """
 
 from __future__ import annotations
@@ -91,18 +92,20 @@ _MERGE = flags.DEFINE_bool(
     "merge", True, "Keep the parts of an existing --out JSON that this run "
     "does not redo (so the parts can run one at a time).")
 _MARKDOWN_FROM = flags.DEFINE_string(
-    "markdown_from", None, "Only print the tables of a results JSON.")
+    "markdown_from", None, "Only print the tables of a results JSON and "
+    "redraw its plots (next to it).")
 _OUT = flags.DEFINE_string(
     "out", str(REPO / "benchmarks" / "results" / "claims.json"),
     "Where to write the JSON results (plots go next to it).")
 
 # Gaussian mixture settings (tests/learning.py's MLP 512-512 + adam 1e-3).
 GMM = dict(num_classes=2000, dim=64, hidden=512, depth=2, batch=256)
-GMM_ORDER_NOISE = 1.0
-GMM_ORDER_STEPS = (300, 1500)
+# (noise, steps): MHP far behind the full softmax, less far, and close to it.
+GMM_ORDER_SETTINGS = ((1.0, 300), (1.0, 1500), (0.5, 1500))
 GMM_RANK_NOISE = 0.5
 GMM_RANK_STEPS = 600
 RANKS = (2, 4, 8, 16, 64)
+SHAKESPEARE_HIDDEN = 512  # configs/shakespeare_*.py: encoder output width
 LOSSES = ("ce", "squared", "squared_rescaled")
 
 
@@ -230,11 +233,10 @@ def part_order_shakespeare(quick: bool, seed: int, log,
 def part_order_gmm(quick: bool, seed: int, log) -> list[dict]:
   """The Gaussian mixture, where MHP trails a full softmax."""
   rows = []
-  noise = GMM_ORDER_NOISE
   c = GMM["num_classes"]
   codec = LabelCodec.balanced(c, 2)
-  centroids = gmm_centroids(noise, seed)
-  for steps in ((20,) if quick else GMM_ORDER_STEPS):
+  for noise, steps in (((1.0, 20),) if quick else GMM_ORDER_SETTINGS):
+    centroids = gmm_centroids(noise, seed)
     for order in ORDERS:
       perm = label_order.label_permutation(order, codec, seed=seed + 1,
                                            centroids=centroids)
@@ -286,12 +288,16 @@ def markdown(results: dict) -> str:
   if rows:
     out += ["(a) Shakespeare next word, C = 11,697: MHP accuracy by H "
             "(600 steps; H = 1 is the full softmax).", "",
-            "| head | H | acc@1 | acc@5 | params | train loop s |",
-            "|---|---|---|---|---|---|"]
+            "| head | H | radices | acc@1 | acc@5 | classifier params | "
+            "model params | train loop s |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-      out.append(f"| {r['head']} | {r['num_heads']} | {_pct(r.get('acc@1'))} "
-                 f"| {_pct(r.get('acc@5'))} | {r['num_params']:,} | "
-                 f"{r['train_seconds']:.0f} |")
+      radices = LabelCodec.balanced(r["num_classes"], r["num_heads"]).radices
+      head_params = (SHAKESPEARE_HIDDEN + 1) * sum(radices)
+      out.append(f"| {r['head']} | {r['num_heads']} | "
+                 f"{' x '.join(map(str, radices))} | {_pct(r.get('acc@1'))} "
+                 f"| {_pct(r.get('acc@5'))} | {head_params:,} | "
+                 f"{r['num_params']:,} | {r['train_seconds']:.0f} |")
     out.append("")
   rows = _order_rows(results)
   if rows:
@@ -334,7 +340,9 @@ def markdown(results: dict) -> str:
   return "\n".join(out)
 
 
-def plot(results: dict, out_dir: pathlib.Path) -> list[str]:
+def plot(results: dict, out_dir: pathlib.Path, prefix: str = "claims"
+         ) -> list[str]:
+  """PNG plots ``<prefix>_{heads,label_order,low_rank}.png`` in out_dir."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -356,7 +364,7 @@ def plot(results: dict, out_dir: pathlib.Path) -> list[str]:
     ax.set_title("Shakespeare next word: accuracy vs H")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out_dir / "claims_heads.png"
+    path = out_dir / f"{prefix}_heads.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(str(path))
@@ -373,7 +381,8 @@ def plot(results: dict, out_dir: pathlib.Path) -> list[str]:
              if r["dataset"] == dataset and r.get("steps") == steps]
       vals = [next((100 * r[metric] for r in grp if r["head"] == head and
                     r["order"] == o), np.nan) for o in ORDERS]
-      ax.bar(range(3), vals, color=["#777", "#4a8", "#48c"])
+      bars = ax.bar(range(3), vals, color=["#777", "#4a8", "#48c"])
+      ax.bar_label(bars, fmt="%.1f", fontsize=6)
       van = next((100 * r[metric] for r in grp if r["head"] == "vanilla"), None)
       if van is not None:
         ax.axhline(van, ls="--", color="k", label="vanilla")
@@ -383,7 +392,7 @@ def plot(results: dict, out_dir: pathlib.Path) -> list[str]:
       ax.set_title(title, fontsize=8)
       ax.set_ylabel(metric.replace("acc1", "acc@1") + " (%)", fontsize=8)
     fig.tight_layout()
-    path = out_dir / "claims_label_order.png"
+    path = out_dir / f"{prefix}_label_order.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(str(path))
@@ -397,12 +406,14 @@ def plot(results: dict, out_dir: pathlib.Path) -> list[str]:
       ax.plot([r["rank"] for r in sel], [100 * r["acc1"] for r in sel], style,
               label=names[loss])
     ax.set_xscale("log", base=2)
+    ranks = sorted({r["rank"] for r in rows})
+    ax.set_xticks(ranks, [str(r) for r in ranks])
     ax.set_xlabel("classifier rank r (C = 2000)")
     ax.set_ylabel("test top-1 accuracy (%)")
     ax.set_title("Rank-limited classifier: CE vs squared loss", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out_dir / "claims_low_rank.png"
+    path = out_dir / f"{prefix}_low_rank.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(str(path))
@@ -418,8 +429,12 @@ def _log(row: dict):
 
 def main(argv):
   del argv
-  if _MARKDOWN_FROM.value:
-    print(markdown(json.loads(pathlib.Path(_MARKDOWN_FROM.value).read_text())))
+  if _MARKDOWN_FROM.value:  # tables and plots from a finished run
+    path = pathlib.Path(_MARKDOWN_FROM.value)
+    results = json.loads(path.read_text())
+    print(markdown(results))
+    for written in plot(results, path.parent, path.stem):
+      print("wrote", written)
     return
   unknown = set(_PARTS.value) - set(PARTS)
   if unknown:
@@ -454,7 +469,7 @@ def main(argv):
   results["meta"].update(load_average_end=os.getloadavg())
   out.write_text(json.dumps(results, indent=1))
   print(markdown(results))
-  for path in plot(results, out.parent):
+  for path in plot(results, out.parent, out.stem):
     print("wrote", path)
   print("wrote", out)
 
