@@ -41,7 +41,7 @@ Everything trains with mhe_jax's own code: the trainer
 ``tests/learning.train_and_eval`` for the mixture. Prints markdown tables,
 writes ``benchmarks/results/claims.json`` and three PNG plots next to it.
 
-  python benchmarks/claims.py                    # all parts, ~25 min on 2 loaded CPU cores
+  python benchmarks/claims.py                    # all parts, ~40 min on 2 loaded CPU cores
   python benchmarks/claims.py --parts=low_rank   # one part
   python benchmarks/claims.py --quick            # smoke run (runlocal configs, few steps)
   python benchmarks/claims.py --markdown_from=benchmarks/results/claims.json  # tables + plots

@@ -25,8 +25,8 @@ spherical k-means (cosine, k-means++ seeding) with ``m = ceil(n / s_h)``
 centres, where every assignment step is capacity-constrained so that cluster
 ``j`` receives exactly the size of block ``j`` (points are placed in order of
 their regret -- how much they lose by not getting their nearest centre --
-each into its nearest centre with room left). Plain numpy; about a second for
-C = 10^4 on one CPU core.
+each into its nearest centre with room left). Plain numpy; about 5 s for
+C = 11,697 labels in 64 dimensions on a loaded 2-core CPU.
 
 Example::
 
