@@ -246,11 +246,7 @@ def load(path: PathLike, *, step: int | None = None,
     if not perm_path.is_file():
       raise FileNotFoundError(f"{perm_path} not found: the model's clustered "
                               "label order cannot be rebuilt without it")
-    # make_codec takes a clustered order from the registry's cache (keyed by
-    # the training source) before computing one from training data we lack.
-    plain = registry._plain_codec(config.head, data.num_classes)  # pylint: disable=protected-access
-    registry._ORDER_CACHE[(id(data.train), plain, config.head.label_order_seed)] = (  # pylint: disable=protected-access
-        data.train, np.load(perm_path))
+    data.label_permutation = np.load(perm_path)
   device = device or jax.devices()[0]
   abstract = nnx.eval_shape(
       lambda: registry.build_model(config, data, nnx.Rngs(config.seed)))

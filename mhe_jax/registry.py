@@ -60,6 +60,10 @@ class Dataset:
     idf: float32 ``[F]`` smooth idf of the training features, or None.
     label_names: list of C names, or None.
     eval_split: "test" or "validation".
+    label_permutation: int ``[C]`` label -> code order for a head with
+      ``label_order='clustered'``: computed from the training data by the
+      first :func:`make_codec` that needs it and reused after (one clustered
+      order per Dataset), or given (``mhe_jax.load`` restores the saved one).
   """
 
   train: Any
@@ -73,6 +77,7 @@ class Dataset:
   idf: np.ndarray | None = None
   label_names: list[str] | None = None
   eval_split: str = "test"
+  label_permutation: np.ndarray | None = None
 
 
 def data_root(cfg: ml_collections.ConfigDict) -> pathlib.Path:
@@ -254,9 +259,6 @@ def _plain_codec(cfg: ml_collections.ConfigDict, num_classes: int) -> LabelCodec
   return LabelCodec.balanced(num_classes, cfg.num_heads)
 
 
-_ORDER_CACHE: dict = {}
-
-
 def train_label_centroids(data: Dataset, dim: int = 64) -> np.ndarray:
   """float32 ``[C, <= dim]`` label centroids from the training source.
 
@@ -277,18 +279,12 @@ def train_label_centroids(data: Dataset, dim: int = 64) -> np.ndarray:
 
 def _clustered_permutation(data: Dataset, codec: LabelCodec,
                            seed: int) -> np.ndarray:
-  """Balanced clustering of the training label centroids, cached per
-  training source (the trainer builds its model, hence its codec, 3 times)."""
-  key = (id(data.train), codec, seed)
-  hit = _ORDER_CACHE.get(key)
-  if hit is not None and hit[0] is data.train:
-    return hit[1]
-  perm = label_order_lib.balanced_clustering_permutation(
-      train_label_centroids(data), codec, seed=seed)
-  if len(_ORDER_CACHE) > 8:
-    _ORDER_CACHE.clear()
-  _ORDER_CACHE[key] = (data.train, perm)
-  return perm
+  """Balanced clustering of the training label centroids, kept on ``data``
+  (the trainer builds its model, hence its codec, several times)."""
+  if data.label_permutation is None:
+    data.label_permutation = label_order_lib.balanced_clustering_permutation(
+        train_label_centroids(data), codec, seed=seed)
+  return data.label_permutation
 
 
 def make_codec(cfg: ml_collections.ConfigDict, num_classes: int,
