@@ -352,13 +352,30 @@ def published_rows(dataset: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------- output
+PEER_NAMES = {"napkinxc_plt": "napkinXC PLT", "omikuji": "omikuji",
+              "pecos_xr_linear": "PECOS XR-Linear"}
+
+
 def _fmt(row: dict, key: str) -> str:
   value = row.get(key)
   if value is None:
     return "-"
   if key.endswith("seconds"):
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
-  return f"{100 * value:.1f}"
+  return f"{100 * value:.2f}" if row["kind"] == "published" else (
+      f"{100 * value:.1f}")
+
+
+def row_name(row: dict) -> str:
+  if row["kind"] == "published":
+    return f"{row['method']} (published)"
+  if row["kind"] == "peer":
+    return f"{PEER_NAMES.get(row['method'], row['method'])} (peer)"
+  config = row.get("config", "").split("/")[-1].replace(".py", "")
+  if row["method"] == "best_ensemble":
+    return (f"mhe_jax `{config}`, ensemble of {len(row.get('members', []))} "
+            "seeds")
+  return f"mhe_jax {row.get('head', row['method'])} (`{config}`)"
 
 
 def markdown_table(results: dict) -> str:
@@ -366,12 +383,11 @@ def markdown_table(results: dict) -> str:
   for dataset in dict.fromkeys(r["dataset"] for r in results["rows"]):
     rows = [r for r in results["rows"]
             if r["dataset"] == dataset and "skipped" not in r]
-    out.append(f"**{dataset}** (test split)\n")
-    out.append("| method | kind | " + " | ".join(COLUMNS) + " | train s |")
-    out.append("|---|---|" + "---|" * (len(COLUMNS) + 1))
+    out.append(f"| {dataset} (test) | " + " | ".join(COLUMNS) +
+               " | train s |")
+    out.append("|---|" + "---|" * (len(COLUMNS) + 1))
     for r in rows:
-      name = r["method"] if r["kind"] != "mhe_jax" else f"mhe_jax {r['method']}"
-      out.append(f"| {name} | {r['kind']} | " + " | ".join(
+      out.append(f"| {row_name(r)} | " + " | ".join(
           _fmt(r, c) for c in COLUMNS + ("train_seconds",)) + " |")
     for r in results["rows"]:
       if r["dataset"] == dataset and "skipped" in r:
