@@ -56,8 +56,9 @@ def test_cycle_trains_proxies_then_classifier_and_rebuilds_between():
   assert (np.diff(np.asarray(scores), axis=1) <= 0).all()
 
 
-def test_lightdxml_learns_synthetic(tmp_path):
-  learns("lightdxml", tmp_path)
+def test_lightdxml_learns_synthetic_on_a_classes_mesh(tmp_path):
+  # Proxies, classifier and bias sharded over a 4-device 'classes' axis.
+  learns("lightdxml", tmp_path, mesh_shape=(2, 4))
 
 
 @pytest.mark.parametrize("name,num_classes", [("bibtex_lightdxml", 159),

@@ -119,8 +119,9 @@ def synthetic_config(method):
 SYNTHETIC_P1 = {"unidec": 0.8, "lightdxml": 0.6}
 
 
-def learns(method, tmp_path, **head):
+def learns(method, tmp_path, mesh_shape=(-1, 1), **head):
   config = synthetic_config(method)
+  config.mesh.shape = mesh_shape
   for key, value in head.items():
     config.head[key] = value
   results = train.train_and_evaluate(config, tmp_path)
@@ -137,8 +138,15 @@ def test_unidec_checkpoint_holds_index_and_step(tmp_path):
   config = synthetic_config("unidec")
   config.num_train_steps = 3
   config.head.refresh_every = 2
+  # C = 100 > 50: 'auto' switches to the k-means index (int32 members and
+  # centroids in the state); classifier vectors sharded over 4 devices.
+  config.head.exact_index_max_labels = 50
+  config.head.index_clusters = 8
+  config.head.index_probe = 4
+  config.mesh.shape = (2, 4)
   trainer = train.Trainer(config, tmp_path)
   state = trainer.init_state()
+  assert nnx.merge(trainer.graphdef, state)[0].index.kind == "kmeans"
   it = iter(registry.pipeline.train_loader(trainer.data.train, 64, seed=0))
   batches = [next(it) for _ in range(4)]
   for step in range(3):

@@ -119,10 +119,10 @@ class LightDXML(nnx.Module):
         num_probe=num_probe,
         min_results=max(self.shortlist_size, self.num_hard_negatives))
     self.steps = StepCount(jnp.zeros((), jnp.int32))
-    self.index.assign(self.index.build(self._proxy_vectors()))
+    self.index.assign(self.index.build(self._proxy_vectors()))  # initial
 
   def _proxy_vectors(self) -> jax.Array:
-    return l2_normalize(jax.lax.stop_gradient(self.proxies[...]))
+    return l2_normalize(jax.lax.stop_gradient(replicated(self.proxies[...])))
 
   def _phase(self, step: jax.Array):
     """(proxy loss on, classifier loss on, rebuild the index) at ``step``."""
@@ -140,8 +140,9 @@ class LightDXML(nnx.Module):
 
   def logits(self, x_bd: jax.Array, labels_bs: jax.Array) -> jax.Array:
     """Classifier logits ``[B, S]`` of labels ``[B, S]`` (>= 0)."""
-    w_bsd = self.kernel[...][labels_bs]
-    return jnp.einsum("bd,bsd->bs", x_bd, w_bsd) + self.bias[...][labels_bs]
+    w_bsd = replicated(self.kernel[...])[labels_bs]
+    b_bs = replicated(self.bias[...])[labels_bs]
+    return jnp.einsum("bd,bsd->bs", x_bd, w_bsd) + b_bs
 
   def loss(self, batch: Mapping[str, Any], *, rng: jax.Array | None = None,
            train: bool = True) -> jax.Array:
@@ -163,8 +164,8 @@ class LightDXML(nnx.Module):
     _, hard_bs = self.index.search(q_bd, self.num_hard_negatives)
     proxy_loss = in_batch_psl(
         q_bd, labels_bl, hard_bs, rng, self.num_picked, self.num_labels,
-        (lambda m: l2_normalize(self.proxies[...][m]),), self.logit_scale,
-        where)
+        (lambda m: l2_normalize(replicated(self.proxies[...])[m]),),
+        self.logit_scale, where)
     # Stage 3: BCE over the batch's positives plus every example's
     # shortlisted labels (shared by the batch, like in_batch_psl's
     # candidates): each example's negatives are its own shortlist and the
@@ -174,7 +175,8 @@ class LightDXML(nnx.Module):
         min(self.num_labels, labels_bl.size + hard_bs.size))
     targets_bm = shortlist.membership(cand_m, labels_bl)
     safe_m = jnp.maximum(cand_m, 0)
-    z_bm = x_bd @ self.kernel[...][safe_m].T + self.bias[...][safe_m]
+    w_md = replicated(self.kernel[...])[safe_m]
+    z_bm = x_bd @ w_md.T + replicated(self.bias[...])[safe_m]
     bce_bm = jax.nn.softplus(z_bm) - jnp.where(targets_bm, z_bm, 0.)
     bce_b = jnp.where(cand_m >= 0, bce_bm, 0.).sum(-1)
     classifier_loss = masked_mean(bce_b, where)

@@ -145,8 +145,8 @@ class LabelIndex(nnx.Module):
   def refresh_if(self, pred: jax.Array,
                  make_vectors: Callable[[], jax.Array]) -> None:
     """Rebuilds from ``make_vectors()`` when ``pred`` (a traced bool)."""
-    self.assign(jax.lax.cond(pred, lambda: self.build(make_vectors()),
-                             self.arrays))
+    rebuilt = lambda: tuple(map(replicated, self.build(make_vectors())))
+    self.assign(jax.lax.cond(pred, rebuilt, self.arrays))
 
   def search(self, queries_qd: jax.Array, k: int
              ) -> tuple[jax.Array, jax.Array]:
@@ -166,7 +166,9 @@ def replicated(x: ArrayLike | None) -> jax.Array | None:
   The shortlist computations (label search, the batch-wide candidate union,
   gathers of label rows by batch-derived ids) run replicated after the
   data-parallel encoder: an all-gather of ``[B, d]`` features, and the
-  candidate set is global to the batch anyway.
+  candidate set is global to the batch anyway. Per-label tables sharded over
+  a ``classes`` mesh axis are all-gathered before their rows are gathered
+  (class sharding then saves memory at rest, not in the step).
   """
   if x is None:
     return None
@@ -287,6 +289,10 @@ class DualEncoderClassifier(nnx.Module):
     self.steps = StepCount(jnp.zeros((), jnp.int32))
     self._refresh(jnp.bool_(True))
 
+  def _classifier(self) -> jax.Array:
+    """``[C, d]`` classifier vectors, replicated (see :func:`replicated`)."""
+    return replicated(self.classifier[...])
+
   # ------------------------------------------------------------- encoders
   def query(self, batch: Mapping[str, Any], *, train: bool = False
             ) -> jax.Array:
@@ -311,12 +317,12 @@ class DualEncoderClassifier(nnx.Module):
   def _refresh(self, pred: jax.Array) -> None:
     def make():
       e_cd = jax.lax.stop_gradient(self.all_label_embeddings())
-      w_cd = l2_normalize(jax.lax.stop_gradient(self.classifier[...]))
+      w_cd = l2_normalize(jax.lax.stop_gradient(self._classifier()))
       return e_cd, self.score_mix * e_cd + (1. - self.score_mix) * w_cd
 
     def rebuilt():
       e_cd, v_cd = make()
-      return (e_cd,) + self.index.build(v_cd)
+      return tuple(map(replicated, (e_cd,) + self.index.build(v_cd)))
 
     new = jax.lax.cond(pred, rebuilt,
                        lambda: (self.embeddings[...],) + self.index.arrays())
@@ -339,7 +345,7 @@ class DualEncoderClassifier(nnx.Module):
     q_bd = self.query(batch, train=train)
     _, hard_bs = self.index.search(q_bd, self.num_hard_negatives)
     tables = (lambda m: self.label_embeddings(m, train=train),
-              lambda m: l2_normalize(self.classifier[...][m]))
+              lambda m: l2_normalize(self._classifier()[m]))
     return in_batch_psl(q_bd, labels_bl, hard_bs, rng, self.num_picked,
                         self.num_labels, tables, self.logit_scale,
                         replicated(batch.get("mask")))
@@ -348,7 +354,7 @@ class DualEncoderClassifier(nnx.Module):
     """Inference scores ``[B, S]`` of labels ``[B, S]`` (-1: -inf)."""
     safe = jnp.maximum(labels_bs, 0)
     e_bsd = self.embeddings[...][safe]
-    w_bsd = l2_normalize(self.classifier[...][safe])
+    w_bsd = l2_normalize(self._classifier()[safe])
     s = (self.score_mix * jnp.einsum("bd,bsd->bs", q_bd, e_bsd) +
          (1. - self.score_mix) * jnp.einsum("bd,bsd->bs", q_bd, w_bsd))
     return jnp.where(labels_bs >= 0, s, -jnp.inf)
