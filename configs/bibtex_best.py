@@ -13,9 +13,10 @@ Walltime:  82 s in the training loop (300 steps, 2,043,039 parameters;
            measured by benchmarks/xmc_accuracy.py as its seed-0 member).
 Reached:   P@1 / P@3 / P@5 = 63.4 / 39.8 / 29.3, nDCG@5 = 62.2, PSP@5 = 59.7
            (test split). 5 seeds: P@1 63.4-64.0, P@5 29.0-29.3; their
-           ensemble 64.0 / 39.8 / 29.6. Same run: napkinXC PLT
-           63.6 / 39.5 / 29.1; published SLEEC 65.08 / 39.64 / 28.87,
-           PfastreXML 63.46 / 39.22 / 29.14.
+           ensemble 64.0 / 39.8 / 29.6. Same benchmark: napkinXC PLT
+           63.5 / 39.5 / 29.1, omikuji 63.7 / 38.5 / 27.8; published SLEEC
+           65.08 / 39.64 / 28.87 (P@1 not reached), PfastreXML
+           63.46 / 39.22 / 29.14.
 Tuning:    on --config.data.validation_fraction=0.2 only, all trials in
            benchmarks/results/xmc_tuning.json (python
            benchmarks/xmc_tuning.py --markdown). Validation P@1 / P@3 / P@5:

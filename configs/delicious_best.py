@@ -11,8 +11,8 @@ Walltime:  178 s in the training loop (1600 steps, 3,320,791 parameters;
            measured by benchmarks/xmc_accuracy.py as its seed-0 member).
 Reached:   P@1 / P@3 / P@5 = 67.9 / 62.3 / 57.9, nDCG@5 = 60.5, PSP@5 = 35.8
            (test split). Seed 1: 67.8 / 62.6 / 58.0; the 2-seed ensemble
-           68.2 / 62.7 / 58.2. Same run: napkinXC PLT 66.1 / 59.6 / 55.2,
-           omikuji 65.9 / 60.2 / 55.6; published FastXML 69.61 / 64.12 /
+           68.2 / 62.7 / 58.2. Same benchmark: napkinXC PLT 66.1 / 59.7 / 55.2,
+           omikuji 65.9 / 60.0 / 55.4; published FastXML 69.61 / 64.12 /
            59.27, PfastreXML 67.13 / 62.33 / 58.62 (not reached).
 Tuning:    on --config.data.validation_fraction=0.2 only, all trials in
            benchmarks/results/xmc_tuning.json (python
