@@ -445,3 +445,14 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
   if cfg.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx
+
+
+def check_names(config: ml_collections.ConfigDict) -> None:
+  """Every component name in the config is known (before anything is built).
+
+  Raises the same ValueError as :func:`lookup`, listing the known names.
+  """
+  lookup(DATASETS, config.data.name, "dataset")
+  lookup(ENCODERS, config.encoder.type, "encoder")
+  lookup({**HEADS, **MODELS}, config.head.type, "head")
+  lookup(OPTIMIZERS, config.optimizer.name, "optimizer")

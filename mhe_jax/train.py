@@ -76,6 +76,7 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict,
                workdir: str | pathlib.Path):
     config_lib.validate(config)
+    registry.check_names(config)
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,8 @@ def test_single_label_results(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"head.type": "nope"}, r"unknown head 'nope'; known: \['mhc', 'mhp', 'mhs', 'vanilla'\]"),
+    ({"head.type": "nope"}, r"unknown head 'nope'; known: \['lightdxml', "
+     r"'mhc', 'mhp', 'mhs', 'unidec', 'vanilla'\]$"),
     ({"encoder.type": "cnn"}, r"unknown encoder 'cnn'"),
     ({"data.name": "imagenet"}, r"unknown dataset 'imagenet'"),
     ({"head.radices": (10, 10)}, r"head.radices=\(10, 10\).*below num_classes=500"),
