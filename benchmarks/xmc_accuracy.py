@@ -378,7 +378,20 @@ def row_name(row: dict) -> str:
   return f"mhe_jax {row.get('head', row['method'])} (`{config}`)"
 
 
+_ORDER = ("vanilla", "mhp", "mhc", "mhs", "unidec", "lightdxml", "best",
+          "best_ensemble") + PEER_METHODS
+
+
+def row_key(row: dict) -> tuple:
+  """Datasets, then ours / peers / published, then methods in _ORDER."""
+  datasets = ("bibtex", "delicious")
+  return (datasets.index(row["dataset"]) if row["dataset"] in datasets else 99,
+          {"mhe_jax": 0, "peer": 1, "published": 2}[row["kind"]],
+          _ORDER.index(row["method"]) if row["method"] in _ORDER else 99)
+
+
 def markdown_table(results: dict) -> str:
+  results = {**results, "rows": sorted(results["rows"], key=row_key)}
   out = []
   for dataset in dict.fromkeys(r["dataset"] for r in results["rows"]):
     rows = [r for r in results["rows"]
@@ -397,6 +410,7 @@ def markdown_table(results: dict) -> str:
 
 
 def plot(results: dict, path: str) -> None:
+  results = {**results, "rows": sorted(results["rows"], key=row_key)}
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -479,14 +493,8 @@ def main(argv):
   replaced = {(r["dataset"], r["method"]) for r in new_rows}
   kept = [r for r in results["rows"]
           if (r["dataset"], r["method"]) not in replaced]
-  order = {m: i for i, m in enumerate(HEAD_METHODS + ENSEMBLE_METHODS
-                                      + tuple(PEERS))}
   rows = kept + new_rows
-  datasets = ("bibtex", "delicious")
-  rows.sort(key=lambda r: (datasets.index(r["dataset"])
-                           if r["dataset"] in datasets else 99,
-                           {"mhe_jax": 0, "peer": 1, "published": 2}[r["kind"]],
-                           order.get(r["method"], 99)))
+  rows.sort(key=row_key)
   results["rows"] = rows
   results["quick"] = _QUICK.value
   out.parent.mkdir(parents=True, exist_ok=True)
