@@ -53,7 +53,6 @@ import json
 import os
 import pathlib
 import platform
-import runpy
 import sys
 import tempfile
 import time
@@ -65,6 +64,7 @@ import jax
 import numpy as np
 import optax
 
+from mhe_jax import config_lib
 from mhe_jax import LabelCodec
 from mhe_jax import label_order
 from mhe_jax import train
@@ -112,11 +112,8 @@ LOSSES = ("ce", "squared", "squared_rescaled")
 # ----------------------------------------------------------------- trainer
 def trainer_run(module: str, overrides: dict, quick: bool, seed: int) -> dict:
   """``configs/<module>.py`` with dotted overrides, trained and evaluated."""
-  config = runpy.run_path(str(REPO / "configs" / f"{module}.py"))[
-      "get_config"]("runlocal" if quick else None)
-  for key, value in overrides.items():
-    parent, last = key.rsplit(".", 1)
-    config[parent][last] = value
+  config = config_lib.from_file(REPO / "configs" / f"{module}.py",
+                                "runlocal" if quick else None, overrides)
   config.seed = seed
   with tempfile.TemporaryDirectory(prefix="mhe_claims_") as workdir:
     t0 = time.perf_counter()

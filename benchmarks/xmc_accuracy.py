@@ -41,7 +41,6 @@ method replaced), so datasets or methods can be (re)run one at a time.
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import os
 import pathlib
@@ -55,6 +54,7 @@ from absl import flags
 import numpy as np
 import scipy.sparse as sp
 
+from mhe_jax import config_lib
 from mhe_jax import metrics as metrics_lib
 from mhe_jax.data import formats
 from mhe_jax.nn import encoders
@@ -116,10 +116,7 @@ def data_root() -> pathlib.Path:
 
 
 def load_config(path: pathlib.Path, arg: str | None):
-  spec = importlib.util.spec_from_file_location(f"configs_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.from_file(path, arg)
 
 
 # ------------------------------------------------------------------ scoring
