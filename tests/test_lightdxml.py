@@ -61,7 +61,8 @@ def test_lightdxml_learns_synthetic_on_a_classes_mesh(tmp_path):
   learns("lightdxml", tmp_path, mesh_shape=(2, 4))
 
 
-@pytest.mark.parametrize("name,num_classes", [("bibtex_lightdxml", 159),
-                                              ("delicious_lightdxml", 983)])
+# One end-to-end run per method (the delicious config's code path is the
+# same; every config still loads and validates in test_configs.py).
+@pytest.mark.parametrize("name,num_classes", [("bibtex_lightdxml", 159)])
 def test_runlocal_lightdxml_configs_train(name, num_classes, tmp_path):
   runlocal_trains(name, tmp_path, num_classes)
