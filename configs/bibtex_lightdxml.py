@@ -25,17 +25,17 @@ Tuning:    on --config.data.validation_fraction=0.2 only (P@1/P@3/P@5):
 Arguments: ``--config=configs/bibtex_lightdxml.py:runlocal`` shrinks it to seconds.
 """
 
+import pathlib
+
 from mhe_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-  config = config_lib.base_config()
+  # Data, encoder, schedule and runlocal are bibtex_vanilla's; only the head
+  # differs.
+  config = config_lib.from_file(
+      pathlib.Path(__file__).with_name("bibtex_vanilla.py"), arg)
   config.name = "bibtex_lightdxml"
-  config.data.name = "bibtex"
-  config.encoder.type = "sparse_mlp"
-  config.encoder.embed_dim = 512
-  config.encoder.hidden = (512,)
-  config.encoder.dropout = 0.2
   config.head.type = "lightdxml"
   config.head.num_picked = 3
   config.head.num_hard_negatives = 32
@@ -43,12 +43,4 @@ def get_config(arg: str | None = None):
   config.head.proxy_steps = 50
   config.head.classifier_steps = 50
   config.head.logit_scale = 20.0
-  config.batch_size = 128
-  config.eval_batch_size = 512
-  config.num_train_steps = 800
-  config.log_every = 100
-  config.checkpoint_every = 0
-  config.optimizer.learning_rate = 2e-3
-  if arg == "runlocal":
-    config.num_train_steps = 20
   return config

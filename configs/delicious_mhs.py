@@ -23,26 +23,18 @@ Tuning:    none beyond delicious_vanilla's settings.
 Arguments: ``--config=configs/delicious_mhs.py:runlocal`` shrinks it to seconds.
 """
 
+import pathlib
+
 from mhe_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-  config = config_lib.base_config()
+  # Data, encoder, schedule and runlocal are delicious_vanilla's; only the head
+  # differs.
+  config = config_lib.from_file(
+      pathlib.Path(__file__).with_name("delicious_vanilla.py"), arg)
   config.name = "delicious_mhs"
-  config.data.name = "delicious"
-  config.encoder.type = "sparse_mlp"
-  config.encoder.embed_dim = 512
-  config.encoder.hidden = (512,)
-  config.encoder.dropout = 0.2
   config.head.type = "mhs"
   config.head.num_heads = 2
   config.head.num_sampled_groups = 8
-  config.batch_size = 256
-  config.eval_batch_size = 512
-  config.num_train_steps = 500
-  config.log_every = 100
-  config.checkpoint_every = 0
-  config.optimizer.learning_rate = 2e-3
-  if arg == "runlocal":
-    config.num_train_steps = 20
   return config
