@@ -84,7 +84,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.label_feature_width = 32  # unidec: feature entries kept per label.
   c.head.label_hash_buckets = 4096  # unidec: hash buckets of name n-grams.
   c.head.index = "auto"       # Label index: exact | kmeans | auto (size switch).
-  c.head.exact_index_max_labels = 50_000  # auto: exact search up to this C.
+  c.head.exact_index_max_labels = 50_000  # auto: exact up to this C (unidec;
+                              # lightdxml's auto is always exact).
   c.head.index_clusters = 0   # kmeans clusters (power of 2); 0 -> ~sqrt(C).
   c.head.index_probe = 8      # kmeans clusters searched per query.
   c.head.proxy_steps = 50     # lightdxml: proxy steps per cycle; 0 -> joint.

@@ -5,6 +5,9 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import REPO_ROOT
+from mhe_jax import config_lib
+from mhe_jax import registry
 from mhe_jax.nn.encoders import SparseMLPEncoder
 from mhe_jax.nn.lightdxml import LightDXML
 from test_unidec import learns
@@ -66,3 +69,18 @@ def test_lightdxml_learns_synthetic_on_a_classes_mesh(tmp_path):
 @pytest.mark.parametrize("name,num_classes", [("bibtex_lightdxml", 159)])
 def test_runlocal_lightdxml_configs_train(name, num_classes, tmp_path):
   runlocal_trains(name, tmp_path, num_classes)
+
+
+@pytest.mark.parametrize("method,expected", [("lightdxml", "exact"),
+                                             ("unidec", "kmeans")])
+def test_auto_index_is_exact_for_lightdxml_above_the_size_switch(
+    shared_data, method, expected):
+  config = config_lib.from_file(
+      REPO_ROOT / "configs" / f"bibtex_{method}.py", "runlocal",
+      {"head.index": "auto", "head.exact_index_max_labels": 100,
+       "head.index_probe": 16, "data.data_dir": str(shared_data)})
+  data = registry.load_dataset(config.data, config.seed)
+  assert data.num_classes > config.head.exact_index_max_labels
+  model = nnx.eval_shape(
+      lambda: registry.build_model(config, data, nnx.Rngs(0)))
+  assert model.index.kind == expected

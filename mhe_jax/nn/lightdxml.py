@@ -32,8 +32,8 @@ step and the index is rebuilt every ``refresh_every`` steps (joint
 training). Inference: the ``shortlist_size`` labels nearest ``x^`` in the
 index, ranked by the classifier logits ``z_l`` (no re-ranker).
 
-Known weakness: the k-means index (``index='kmeans'``, which
-``head.index='auto'`` picks above ``head.exact_index_max_labels``) clusters
+Known weakness: the k-means index (``index='kmeans'``; for LightDXML
+``head.index='auto'`` therefore always picks exact search) clusters
 the free proxies poorly (those of rarely seen labels stay near their random
 init), so probing 8 of 128 clusters misses most true neighbours: on
 configs/default.py's synthetic task (10,000 labels, 300 steps) P@1 was 0.39
