@@ -183,11 +183,19 @@ def from_file(path: str | pathlib.Path, arg: str | None = None,
     raise ValueError(f"cannot load a config module from {path}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  return override(module.get_config(arg), overrides or {}, where=str(path))
+
+
+def override(config: ml_collections.ConfigDict, overrides: dict[str, Any],
+             *, where: str = "the config") -> ml_collections.ConfigDict:
+  """Sets dotted keys (``{"head.type": "mhc"}``) in place; returns config.
+
+  A key that :func:`base_config` does not declare raises ValueError.
+  """
   known = _flatten(base_config())
-  for key, value in (overrides or {}).items():
+  for key, value in overrides.items():
     if key not in known:
-      raise ValueError(f"override of unknown config key {key!r} for {path}")
+      raise ValueError(f"override of unknown config key {key!r} for {where}")
     *parents, last = key.split(".")
     node = config
     for name in parents:

@@ -30,16 +30,7 @@ import tiny_config
 
 
 def _config(**overrides):
-  config = tiny_config.get_config()
-  config.num_train_steps = 6
-  config.checkpoint_every = 3
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
+  return tiny_config.make(6, 3, **overrides)
 
 
 def _train(workdir, **overrides):

@@ -21,16 +21,7 @@ import tiny_config as tiny_config_lib
 
 
 def tiny_config(**overrides):
-  config = tiny_config_lib.get_config()
-  config.num_train_steps = 20
-  config.checkpoint_every = 10
-  for key, value in overrides.items():
-    node = config
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return config
+  return tiny_config_lib.make(20, 10, **overrides)
 
 
 def test_train_and_evaluate_writes_results(tmp_path):

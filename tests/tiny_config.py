@@ -23,3 +23,12 @@ def get_config(arg=None):
   config.keep_checkpoints = 3
   config.optimizer.learning_rate = 2e-3
   return config
+
+
+def make(num_train_steps: int, checkpoint_every: int, /, **overrides):
+  """get_config() with these defaults for the step counts, then dotted-key
+  overrides (which may set the step counts too)."""
+  config = get_config()
+  config.num_train_steps = num_train_steps
+  config.checkpoint_every = checkpoint_every
+  return config_lib.override(config, overrides, where="tiny_config")
