@@ -14,9 +14,11 @@ Example::
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 from typing import Any
 
+from absl import logging
 import ml_collections
 
 from mhe_jax import sharding
@@ -187,14 +189,20 @@ def from_file(path: str | pathlib.Path, arg: str | None = None,
 
 
 def override(config: ml_collections.ConfigDict, overrides: dict[str, Any],
-             *, where: str = "the config") -> ml_collections.ConfigDict:
+             *, where: str = "the config",
+             skip_unknown: bool = False) -> ml_collections.ConfigDict:
   """Sets dotted keys (``{"head.type": "mhc"}``) in place; returns config.
 
-  A key that :func:`base_config` does not declare raises ValueError.
+  A key that :func:`base_config` does not declare raises ValueError, or,
+  with ``skip_unknown``, is skipped with a logged warning.
   """
   known = _flatten(base_config())
   for key, value in overrides.items():
     if key not in known:
+      if skip_unknown:
+        logging.warning("%s: ignoring config key %r unknown to this version",
+                        where, key)
+        continue
       raise ValueError(f"override of unknown config key {key!r} for {where}")
     *parents, last = key.split(".")
     node = config
@@ -202,3 +210,24 @@ def override(config: ml_collections.ConfigDict, overrides: dict[str, Any],
       node = node[name]
     node[last] = value
   return config
+
+
+def _as_tuples(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {k: _as_tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_as_tuples(v) for v in x)
+  return x
+
+
+def from_json(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """A config saved with ``to_json`` (e.g. ``workdir/config.json``), over
+  today's :func:`base_config`: keys added since keep their defaults, keys
+  this version no longer has are skipped with a warning. JSON lists come
+  back as tuples, as the configs write them.
+  """
+  path = pathlib.Path(path)
+  saved = _flatten(_as_tuples(json.loads(path.read_text())))
+  config = base_config()
+  with config.ignore_type():
+    return override(config, saved, where=str(path), skip_unknown=True)

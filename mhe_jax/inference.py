@@ -169,33 +169,6 @@ def _resolve(path: PathLike, step: int | None):
   return workdir, ckpt_dir / str(step)
 
 
-def _as_tuples(x: Any) -> Any:
-  if isinstance(x, dict):
-    return {k: _as_tuples(v) for k, v in x.items()}
-  if isinstance(x, list):
-    return tuple(_as_tuples(v) for v in x)
-  return x
-
-
-def _read_config(path: pathlib.Path) -> ml_collections.ConfigDict:
-  """The saved config over today's defaults (keys added since keep theirs)."""
-  saved = _as_tuples(json.loads(path.read_text()))
-  config = config_lib.base_config()
-  known = config_lib._flatten(config)  # pylint: disable=protected-access
-  for key, value in config_lib._flatten(saved).items():  # pylint: disable=protected-access
-    if key not in known:
-      logging.warning("%s: ignoring config key %r unknown to this version",
-                      path, key)
-      continue
-    node = config
-    *parents, last = key.split(".")
-    for p in parents:
-      node = node[p]
-    with node.ignore_type():
-      node[last] = value
-  return config
-
-
 def _dataset_spec(info: Mapping[str, Any]) -> registry.Dataset:
   """A registry.Dataset with the facts build_model reads, and no data."""
   idf = (np.ones(info["input_size"], np.float32) if info["has_idf"] else None)
@@ -238,7 +211,7 @@ def load(path: PathLike, *, step: int | None = None,
     ValueError: a checkpoint that does not fit the config.
   """
   workdir, step_dir = _resolve(path, step)
-  config = _read_config(workdir / CONFIG_FILE)
+  config = config_lib.from_json(workdir / CONFIG_FILE)
   info = json.loads((workdir / MODEL_INFO_FILE).read_text())
   data = _dataset_spec(info)
   if _clustered(config):

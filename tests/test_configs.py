@@ -4,6 +4,7 @@ A few representative 'runlocal' variants also train end to end.
 """
 
 import importlib.util
+import json
 import pathlib
 
 import pytest
@@ -101,3 +102,15 @@ def test_runlocal_xc_files_on_bibtex_trains(tmp_path, shared_data):
   assert results["dataset"] == "xc_files" and results["head"] == "mhc"
   assert results["num_classes"] == 159
   assert set(ML_KEYS) <= set(results)
+
+
+def test_from_json_restores_a_saved_config_and_skips_retired_keys(tmp_path):
+  expected = load_module(CONFIG_DIR / "bibtex_mhc.py").get_config()
+  saved = json.loads(expected.to_json())
+  saved["head"]["retired_option"] = 3  # a key this version does not declare
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(saved))
+  restored = config_lib.from_json(path)
+  assert "retired_option" not in restored.head
+  assert restored.encoder.hidden == (512,)  # JSON list -> the config's tuple
+  assert restored.to_json(sort_keys=True) == expected.to_json(sort_keys=True)
