@@ -51,11 +51,13 @@ import time
 
 from absl import app
 from absl import flags
+import ml_collections
 import numpy as np
 import scipy.sparse as sp
 
 from mhe_jax import config_lib
 from mhe_jax import metrics as metrics_lib
+from mhe_jax import registry
 from mhe_jax.data import formats
 from mhe_jax.nn import encoders
 
@@ -108,11 +110,9 @@ _PLOT = flags.DEFINE_string(
 
 
 def data_root() -> pathlib.Path:
-  if _DATA_DIR.value:
-    return pathlib.Path(_DATA_DIR.value)
-  if os.environ.get("MHE_DATA_DIR"):
-    return pathlib.Path(os.environ["MHE_DATA_DIR"])
-  return REPO.parent / "shared" / "data"
+  """--data_dir, else registry.data_root's ($MHE_DATA_DIR, ../shared/data)."""
+  return registry.data_root(
+      ml_collections.ConfigDict({"data_dir": _DATA_DIR.value or ""}))
 
 
 def load_config(path: pathlib.Path, arg: str | None):
