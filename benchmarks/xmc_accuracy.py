@@ -25,9 +25,12 @@ their fit and predict are timed, and their top-5 predictions are scored with
 * omikuji (``omikuji.Model.default_hyper_param()``): Parabel-like defaults
   (3 trees, balanced 2-means, min branch size 100, linear loss type 0 =
   squared hinge, C=1, eps 0.1, weights threshold 0.1), beam 10.
-* PECOS XR-Linear: only if ``pecos`` imports. Its releases pin numpy<2 and
-  scipy<1.14, which jax>=0.10 cannot use, so in mhe_jax's environment it is
-  reported as not installed.
+* PECOS XR-Linear (``XLinearModel.train`` defaults, see
+  benchmarks/pecos_peer.py): libpecos pins numpy<2 and scipy<1.14, which
+  jax>=0.10 cannot use, so it runs in a side virtual environment given by
+  ``--pecos_python`` (or $MHE_PECOS_PYTHON): the same tf-idf matrices go
+  there as .npz files and its top-5 lists come back. Without one (and
+  without an importable ``pecos``) the row says it was skipped.
 
   python benchmarks/xmc_accuracy.py                    # everything -> JSON, PNG
   python benchmarks/xmc_accuracy.py --datasets=bibtex --methods=vanilla,omikuji
@@ -45,6 +48,7 @@ import json
 import os
 import pathlib
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +64,9 @@ from mhe_jax import metrics as metrics_lib
 from mhe_jax import registry
 from mhe_jax.data import formats
 from mhe_jax.nn import encoders
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import pecos_peer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HEAD_METHODS = ("vanilla", "mhp", "mhc", "mhs", "best", "unidec", "lightdxml")
@@ -98,6 +105,11 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None,
                                 "Data root; default $MHE_DATA_DIR or ../shared/data.")
 _ENSEMBLE = flags.DEFINE_integer(
     "ensemble", 5, "best_ensemble: models (seeds) averaged.")
+_PECOS_PYTHON = flags.DEFINE_string(
+    "pecos_python", os.environ.get("MHE_PECOS_PYTHON"),
+    "pecos_xr_linear: a python interpreter (its own venv, numpy<2) that has "
+    "libpecos; benchmarks/pecos_peer.py runs there. Default "
+    "$MHE_PECOS_PYTHON; unset: pecos must import here.")
 _THREADS = flags.DEFINE_integer("threads", 2, "Threads for the peer libraries.")
 _MARKDOWN_FROM = flags.DEFINE_string(
     "markdown_from", None, "Only print the tables of a results JSON.")
@@ -192,25 +204,38 @@ def _omikuji(x_tr, train, x_te, workdir):
       f"omikuji.Model.default_hyper_param(): {settings}; beam 10")
 
 
+def pecos_python() -> str | None:
+  """--pecos_python (default $MHE_PECOS_PYTHON), also before flags parse."""
+  if flags.FLAGS.is_parsed():
+    return _PECOS_PYTHON.value
+  return os.environ.get("MHE_PECOS_PYTHON")
+
+
 def _pecos(x_tr, train, x_te, workdir):
-  del workdir
-  from pecos.xmc import Indexer, LabelEmbeddingFactory  # pylint: disable=g-import-not-at-top
-  from pecos.xmc.xlinear.model import XLinearModel  # pylint: disable=g-import-not-at-top
-  t0 = time.perf_counter()
-  y_tr = sp.csr_matrix(train.Y, dtype=np.float32)
-  label_feat = LabelEmbeddingFactory.create(y_tr, x_tr, method="pifa")
-  clusters = Indexer.gen(label_feat)
-  model = XLinearModel.train(x_tr, y_tr, C=clusters)
-  fit_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  scores = model.predict(x_te, only_topk=max(KS)).tocsr()
-  pred = []
-  for a, b in zip(scores.indptr[:-1], scores.indptr[1:]):
-    order = np.argsort(-scores.data[a:b], kind="stable")
-    pred.append(scores.indices[a:b][order].tolist())
-  return pred, fit_s, time.perf_counter() - t0, (
-      "PECOS XLinearModel.train defaults, PIFA label embedding, "
-      "hierarchical 2-means indexer, beam 10")
+  """PECOS XR-Linear (benchmarks/pecos_peer.py), in-process or --pecos_python."""
+  python = pecos_python()
+  if python:
+    sp.save_npz(workdir / "x_train.npz", x_tr)
+    sp.save_npz(workdir / "y_train.npz", sp.csr_matrix(train.Y))
+    sp.save_npz(workdir / "x_test.npz", x_te)
+    script = pathlib.Path(__file__).with_name("pecos_peer.py")
+    done = subprocess.run([python, str(script), str(workdir),
+                           str(max(KS))], capture_output=True, text=True,
+                          check=False)
+    if done.returncode:
+      raise RuntimeError(f"--pecos_python={python} {script} "
+                         f"failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    timing = json.loads((workdir / "timing.json").read_text())
+    topk = np.load(workdir / "topk.npy")
+    fit_s, predict_s = timing["fit_seconds"], timing["predict_seconds"]
+    versions = ", ".join(f"{k} {v}" for k, v in timing["versions"].items())
+    where = f"; run by {python} ({versions})"
+  else:
+    topk, fit_s, predict_s = pecos_peer.train_predict(x_tr, train.Y, x_te,
+                                                      max(KS))
+    where = ""
+  pred = [[int(c) for c in row if c >= 0] for row in topk]
+  return pred, fit_s, predict_s, pecos_peer.SETTINGS + where
 
 
 PEERS = {"napkinxc_plt": ("napkinxc", _napkinxc_plt),
@@ -220,11 +245,15 @@ PEERS = {"napkinxc_plt": ("napkinxc", _napkinxc_plt),
 
 def run_peer(method: str, dataset: str, train, test) -> dict:
   module, fn = PEERS[method]
-  try:
-    __import__(module)
-  except Exception as e:  # pylint: disable=broad-except
-    return {"dataset": dataset, "method": method, "kind": "peer",
-            "skipped": f"{module} not importable: {type(e).__name__}: {e}"}
+  if not (method == "pecos_xr_linear" and pecos_python()):
+    try:
+      __import__(module)
+    except Exception as e:  # pylint: disable=broad-except
+      hint = (" (give --pecos_python, see benchmarks/pecos_peer.py)"
+              if module == "pecos" else "")
+      return {"dataset": dataset, "method": method, "kind": "peer",
+              "skipped": f"{module} not importable: {type(e).__name__}: "
+                         f"{e}{hint}"}
   x_tr, x_te = tfidf(train.X, train.X), tfidf(train.X, test.X)
   with tempfile.TemporaryDirectory() as workdir:
     pred, fit_s, predict_s, settings = fn(x_tr, train, x_te,
