@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 from absl import app
 from absl import flags
@@ -70,10 +71,20 @@ import pecos_peer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HEAD_METHODS = ("vanilla", "mhp", "mhc", "mhs", "best", "unidec", "lightdxml")
-ENSEMBLE_METHODS = ("best_ensemble",)
+ENSEMBLE_METHODS = ("best_ensemble",)  # also writes best, best_ensemble_knn
 PEER_METHODS = ("napkinxc_plt", "omikuji", "pecos_xr_linear")
 KS = (1, 3, 5)
 COLUMNS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5")
+
+# best_ensemble_knn: the ensemble's mean sigmoid blended with kNN label votes
+# (knn_label_scores). The settings were chosen on the validation tail of the
+# training file by `python benchmarks/xmc_tuning.py --blend
+# --config=configs/{dataset}_best.py --members=N` over KNN_GRID (the whole
+# grid is in that trial's entry of benchmarks/results/xmc_tuning.json); the
+# test split never chose them.
+KNN_GRID = {"k": (10, 25, 50, 100), "power": (1, 2, 4, 8),
+            "weight": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)}
+KNN_BLEND = {}
 
 # Extreme Classification Repository (Bhatia et al., "The extreme
 # classification repository: multi-label datasets and code",
@@ -314,15 +325,28 @@ def _eval_scores(trainer, state) -> tuple[np.ndarray, np.ndarray]:
   return np.concatenate(rows), np.concatenate(labels)
 
 
-def ensemble(config, seeds) -> tuple[dict[str, float], float, list[dict]]:
+class Ensemble(NamedTuple):
+  """What :func:`ensemble` measured on the config's eval split."""
+  metrics: dict[str, float]  # ranking by the summed logits
+  seconds: float             # summed training loops
+  members: list[dict]        # each member's own train_and_evaluate results
+  probs: np.ndarray          # float32 [N, C] mean of the members' sigmoids
+  labels: np.ndarray         # int [N, L] -1 padded true labels
+  train: formats.XMCData     # the rows the members trained on
+  eval: formats.XMCData      # the rows scored (test, or the validation tail)
+  label_counts: np.ndarray   # [C] training label frequencies (PSP)
+
+
+def ensemble(config, seeds) -> Ensemble:
   """Trains ``config`` once per seed; scores the sum of the head scores.
 
-  Returns the ensemble's metrics on the config's eval split (test, or the
-  validation tail with ``data.validation_fraction``), the summed train
-  seconds and each member's own results.
+  The members' head scores are BCE logits (``configs/*_best.py`` use the
+  vanilla head); :attr:`Ensemble.probs` averages their sigmoids for
+  :func:`blend`. ``config.data.validation_fraction`` > 0 trains on the head
+  of the training file and scores its tail.
   """
   from mhe_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  total, seconds, members = None, 0.0, []
+  total, probs, seconds, members = None, None, 0.0, []
   for seed in seeds:
     config = config.copy_and_resolve_references()
     config.seed = int(seed)
@@ -338,17 +362,85 @@ def ensemble(config, seeds) -> tuple[dict[str, float], float, list[dict]]:
     print(f"ensemble member seed {seed}: P@1 {results['P@1']:.4f} "
           f"P@5 {results['P@5']:.4f}", flush=True)
     total = scores if total is None else total + scores
+    member_probs = 1.0 / (1.0 + np.exp(-scores))
+    probs = member_probs if probs is None else probs + member_probs
   top = np.argsort(-total, axis=1, kind="stable")[:, :max(KS)]
   metrics = score_topk(top, labels, trainer.data.label_counts,
                        trainer.data.num_train)
-  return metrics, seconds, members
+  return Ensemble(metrics, seconds, members, probs / len(members), labels,
+                  trainer.data.train.data, trainer.data.eval.data,
+                  trainer.data.label_counts)
+
+
+# -------------------------------------------------------------- kNN blend
+def knn_label_scores(train: formats.XMCData, x: sp.csr_matrix, k: int,
+                     power: float, batch_size: int = 1024) -> np.ndarray:
+  """Label votes of the ``k`` nearest training rows, float32 ``[N, C]``.
+
+  Rows are compared by the cosine of their tf-idf vectors (:func:`tfidf`,
+  the training idf); neighbour j of row i votes ``sim_ij ** power`` for each
+  of its labels and the votes are divided by their row sum, so a label held
+  by every neighbour scores 1. The neighbour search is
+  :func:`mhe_jax.ops.shortlist.exact_search`, jitted, over query batches.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from mhe_jax.ops import shortlist  # pylint: disable=g-import-not-at-top
+  if not 1 <= k <= train.num_examples:
+    raise ValueError(f"k={k} must be in [1, {train.num_examples}] (the "
+                     "training rows)")
+  keys = tfidf(train.X, train.X).toarray()
+  queries = tfidf(train.X, x)
+  search = jax.jit(lambda q, keys: shortlist.exact_search(q, keys, k))
+  y = sp.csr_matrix(train.Y, dtype=np.float32)
+  out = np.zeros((x.shape[0], train.num_labels), np.float32)
+  for a in range(0, x.shape[0], batch_size):
+    q = queries[a:a + batch_size].toarray()
+    rows = len(q)
+    if rows < batch_size:  # one compiled shape
+      q = np.pad(q, ((0, batch_size - rows), (0, 0)))
+    sims, ids = (np.asarray(v)[:rows] for v in search(q, keys))
+    votes = np.maximum(sims, 0.0) ** power
+    votes /= np.maximum(votes.sum(axis=1, keepdims=True), 1e-12)
+    w = sp.csr_matrix((votes.ravel(), ids.ravel(), np.arange(rows + 1) * k),
+                      shape=(rows, train.num_examples))
+    out[a:a + rows] = (w @ y).toarray()
+  return out
+
+
+def blend(probs: np.ndarray, knn: np.ndarray, weight: float) -> np.ndarray:
+  """``(1 - weight) * probs + weight * knn``: both in [0, 1] per label."""
+  return (1.0 - weight) * probs + weight * knn
+
+
+def blend_grid(run: Ensemble, grid: dict = None) -> list[dict]:
+  """P@1/3/5 of every (k, power, weight) of ``grid`` on ``run``'s eval rows."""
+  grid = grid or KNN_GRID
+  out = []
+  for k in grid["k"]:
+    for power in grid["power"]:
+      knn = knn_label_scores(run.train, run.eval.X, k, power)
+      for weight in grid["weight"]:
+        top = np.argsort(-blend(run.probs, knn, weight), axis=1,
+                         kind="stable")[:, :max(KS)]
+        m = score_topk(top, run.labels, run.label_counts,
+                       run.train.num_examples)
+        out.append({"k": k, "power": power, "weight": weight,
+                    **{key: m[key] for key in ("P@1", "P@3", "P@5")}})
+  return out
+
+
+def best_of_grid(grid_rows: list[dict]) -> dict:
+  """The setting with the highest P@1 + P@5 (first wins ties)."""
+  return max(grid_rows, key=lambda r: r["P@1"] + r["P@5"])
 
 
 def run_ensemble(dataset: str) -> list[dict]:
-  """``configs/{dataset}_best.py`` trained with seeds 0..n-1; summed scores.
+  """``configs/{dataset}_best.py`` trained with seeds 0..n-1.
 
-  Returns the ensemble's row and the 'best' row (the seed-0 member, which is
-  ``configs/{dataset}_best.py`` as it stands).
+  Returns the 'best' row (the seed-0 member, which is the config as it
+  stands), the ensemble's row (summed logits) and, for a dataset in
+  :data:`KNN_BLEND`, the same members blended with kNN label votes at the
+  setting chosen on validation.
   """
   path = REPO / "configs" / f"{dataset}_best.py"
   if not path.exists():
@@ -358,16 +450,37 @@ def run_ensemble(dataset: str) -> list[dict]:
     config.data.data_dir = _DATA_DIR.value
   if config.seed != 0:
     raise ValueError(f"{path}: best_ensemble expects seed 0, got {config.seed}")
-  metrics, seconds, members = ensemble(config, range(_ENSEMBLE.value))
-  best = config_row("best", dataset, path, members[0])
-  return [best, {"dataset": dataset, "method": "best_ensemble", "kind": "mhe_jax",
-          "config": f"configs/{path.name}" + (":runlocal" if _QUICK.value
-                                              else ""),
-          "settings": f"sum of the head scores of {_ENSEMBLE.value} models "
-                      f"trained with seeds 0..{_ENSEMBLE.value - 1}",
-          "train_seconds": seconds,
-          "members": [{k: m[k] for k in COLUMNS + ("train_seconds",)}
-                      for m in members], **metrics}]
+  run = ensemble(config, range(_ENSEMBLE.value))
+  name = f"configs/{path.name}" + (":runlocal" if _QUICK.value else "")
+  members = [{k: m[k] for k in COLUMNS + ("train_seconds",)}
+             for m in run.members]
+  rows = [config_row("best", dataset, path, run.members[0]),
+          {"dataset": dataset, "method": "best_ensemble", "kind": "mhe_jax",
+           "config": name,
+           "settings": f"sum of the head scores of {_ENSEMBLE.value} models "
+                       f"trained with seeds 0..{_ENSEMBLE.value - 1}",
+           "train_seconds": run.seconds, "members": members, **run.metrics}]
+  if dataset in KNN_BLEND:
+    setting = KNN_BLEND[dataset]
+    t0 = time.perf_counter()
+    knn = knn_label_scores(run.train, run.eval.X, setting["k"],
+                           setting["power"])
+    knn_s = time.perf_counter() - t0
+    top = np.argsort(-blend(run.probs, knn, setting["weight"]), axis=1,
+                     kind="stable")[:, :max(KS)]
+    rows.append({
+        "dataset": dataset, "method": "best_ensemble_knn", "kind": "mhe_jax",
+        "config": name,
+        "settings": f"(1 - w) * mean sigmoid of the {_ENSEMBLE.value} "
+                    f"best_ensemble models + w * kNN label votes (cosine on "
+                    f"tf-idf, k={setting['k']}, sim^{setting['power']}), "
+                    f"w={setting['weight']}; chosen on validation "
+                    "(benchmarks/xmc_tuning.py --blend)",
+        "knn": setting, "knn_seconds": knn_s,
+        "train_seconds": run.seconds, "members": members,
+        **score_topk(top, run.labels, run.label_counts,
+                     run.train.num_examples)})
+  return rows
 
 
 def published_rows(dataset: str) -> list[dict]:
@@ -401,11 +514,15 @@ def row_name(row: dict) -> str:
   if row["method"] == "best_ensemble":
     return (f"mhe_jax `{config}`, ensemble of {len(row.get('members', []))} "
             "seeds")
+  if row["method"] == "best_ensemble_knn":
+    knn = row["knn"]
+    return (f"mhe_jax `{config}`, ensemble of {len(row.get('members', []))} "
+            f"seeds + kNN (k={knn['k']}, w={knn['weight']})")
   return f"mhe_jax {row.get('head', row['method'])} (`{config}`)"
 
 
 _ORDER = ("vanilla", "mhp", "mhc", "mhs", "unidec", "lightdxml", "best",
-          "best_ensemble") + PEER_METHODS
+          "best_ensemble", "best_ensemble_knn") + PEER_METHODS
 
 
 def row_key(row: dict) -> tuple:

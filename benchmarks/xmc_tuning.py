@@ -10,6 +10,8 @@ tuned and how.
   python benchmarks/xmc_tuning.py --config=configs/bibtex_vanilla.py \
       --set=encoder.hidden=() --set=encoder.embed_dim=1024
   python benchmarks/xmc_tuning.py --config=configs/bibtex_best.py --members=5
+  python benchmarks/xmc_tuning.py --config=configs/bibtex_best.py --members=5 \
+      --blend   # + kNN label votes: the blend grid, best setting logged
   python benchmarks/xmc_tuning.py --markdown   # the trial log as a table
 """
 
@@ -34,6 +36,11 @@ _DATASET = flags.DEFINE_string("dataset", "bibtex", "--peer: the dataset.")
 _MEMBERS = flags.DEFINE_integer(
     "members", 1, "> 1: an ensemble of this many seeds (summed head scores, "
     "as xmc_accuracy's best_ensemble).")
+
+_BLEND = flags.DEFINE_bool(
+    "blend", False, "Score the --members ensemble blended with kNN label votes "
+    "over xmc_accuracy.KNN_GRID; logs the grid and the best setting (by "
+    "validation P@1 + P@5), which xmc_accuracy.KNN_BLEND then holds.")
 
 _CONFIG = flags.DEFINE_string("config", None, "Config module to start from.")
 _SET = flags.DEFINE_multi_string(
@@ -77,6 +84,11 @@ def markdown(trials: list[dict]) -> str:
   for t in trials:
     sets = ", ".join(f"{k}={v}" for k, v in t["overrides"].items()
                      if k != "eval_every") or "-"
+    if "blend" in t:
+      b, plain = t["blend"], t["ensemble_without_knn"]
+      sets += (f"; + kNN k={b['k']}, sim^{b['power']}, w={b['weight']} (best "
+               f"of {len(t['grid'])}; without kNN {100 * plain['P@1']:.1f} / "
+               f"{100 * plain['P@5']:.1f})")
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
     secs = "-" if t["train_seconds"] is None else f"{t['train_seconds']:.0f}"
     rows.append(f"| {t['dataset']} | {t['config']} | {sets} | "
@@ -131,10 +143,22 @@ def main(argv):
   config.data.validation_fraction = _VALIDATION.value
   config.checkpoint_every = 0
   curve = []
-  if _MEMBERS.value > 1:
-    metrics, seconds, members = xmc_accuracy.ensemble(
-        config, range(_MEMBERS.value))
-    results = {**members[0], **metrics, "train_seconds": seconds}
+  blend = {}
+  if _BLEND.value:
+    run = xmc_accuracy.ensemble(config, range(_MEMBERS.value))
+    grid = xmc_accuracy.blend_grid(run)
+    best = xmc_accuracy.best_of_grid(grid)
+    results = {**run.members[0], **best, "train_seconds": run.seconds}
+    overrides["ensemble_members"] = _MEMBERS.value
+    blend = {"blend": {k: best[k] for k in ("k", "power", "weight")},
+             "ensemble_without_knn": {k: run.metrics[k]
+                                      for k in ("P@1", "P@3", "P@5")},
+             "grid": grid}
+    print(f"blend: best of {len(grid)} settings by P@1 + P@5: {best}; "
+          f"without kNN {blend['ensemble_without_knn']}")
+  elif _MEMBERS.value > 1:
+    run = xmc_accuracy.ensemble(config, range(_MEMBERS.value))
+    results = {**run.members[0], **run.metrics, "train_seconds": run.seconds}
     overrides["ensemble_members"] = _MEMBERS.value
   else:
     with tempfile.TemporaryDirectory() as workdir:
@@ -153,6 +177,7 @@ def main(argv):
       "num_params": results["num_params"],
       # With --set=eval_every=N: [step, P@1, P@5] on the validation rows.
       "curve": curve,
+      **blend,
       "machine": f"{platform.node()} {platform.machine()}",
       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
