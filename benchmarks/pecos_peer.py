@@ -17,14 +17,20 @@ requirements are only for XR-Transformer and are skipped with --no-deps):
   python benchmarks/xmc_accuracy.py --methods=pecos_xr_linear \
       --pecos_python=/tmp/pecos/bin/python
 
-Script use (what xmc_accuracy.py runs):
+Script use (what xmc_accuracy.py and benchmarks/predict.py run):
 
   python pecos_peer.py DIR K    # DIR holds x_train.npz y_train.npz x_test.npz;
                                 # writes DIR/topk.npy (int32 [N, K], -1 pad)
                                 # and DIR/timing.json
+  python pecos_peer.py DIR K REQUESTS REPEATS
+                                # also times inference like predict.py does
+                                # for its other peers (:func:`time_predict`):
+                                # one-row latency p50/p99 and the whole test
+                                # set, best of REPEATS, into DIR/timing.json
 """
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -38,41 +44,107 @@ SETTINGS = ("libpecos XLinearModel.train defaults: PIFA label embedding, "
             "0.1, l3-hinge post-processor; predict defaults (beam 10)")
 
 
-def train_predict(x_train: sp.csr_matrix, y_train: sp.csr_matrix,
-                  x_test: sp.csr_matrix, k: int):
-  """Fits XR-Linear; returns (int32 [N, k] top-k labels -1 padded, fit s, predict s)."""
+def fit(x_train: sp.csr_matrix, y_train: sp.csr_matrix):
+  """Fits XR-Linear with libpecos's defaults; returns (model, fit seconds)."""
   from pecos.xmc import Indexer, LabelEmbeddingFactory  # pylint: disable=g-import-not-at-top
   from pecos.xmc.xlinear.model import XLinearModel  # pylint: disable=g-import-not-at-top
   x_train = sp.csr_matrix(x_train, dtype=np.float32)
   y_train = sp.csr_matrix(y_train, dtype=np.float32)
-  x_test = sp.csr_matrix(x_test, dtype=np.float32)
   t0 = time.perf_counter()
   label_feat = LabelEmbeddingFactory.create(y_train, x_train, method="pifa")
   clusters = Indexer.gen(label_feat)
   model = XLinearModel.train(x_train, y_train, C=clusters)
-  fit_s = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  scores = sp.csr_matrix(model.predict(x_test, only_topk=k))
-  predict_s = time.perf_counter() - t0
-  topk = np.full((x_test.shape[0], k), -1, np.int32)
+  return model, time.perf_counter() - t0
+
+
+def topk_labels(scores, k: int) -> np.ndarray:
+  """int32 [N, k] labels of a sparse score matrix, best first, -1 padded."""
+  scores = sp.csr_matrix(scores)
+  topk = np.full((scores.shape[0], k), -1, np.int32)
   for i, (a, b) in enumerate(zip(scores.indptr[:-1], scores.indptr[1:])):
     order = np.argsort(-scores.data[a:b], kind="stable")[:k]
     topk[i, :len(order)] = scores.indices[a:b][order]
-  return topk, fit_s, predict_s
+  return topk
+
+
+def train_predict(x_train: sp.csr_matrix, y_train: sp.csr_matrix,
+                  x_test: sp.csr_matrix, k: int):
+  """Fits XR-Linear; returns (int32 [N, k] top-k labels -1 padded, fit s, predict s)."""
+  model, fit_s = fit(x_train, y_train)
+  x_test = sp.csr_matrix(x_test, dtype=np.float32)
+  t0 = time.perf_counter()
+  scores = model.predict(x_test, only_topk=k)
+  predict_s = time.perf_counter() - t0
+  return topk_labels(scores, k), fit_s, predict_s
+
+
+def time_predict(model, x_test: sp.csr_matrix, k: int, requests: int,
+                 repeats: int):
+  """Times ``model.predict`` the way benchmarks/predict.py times its peers.
+
+  Args:
+    model: a fitted XLinearModel (or anything with ``predict(x, only_topk)``
+      returning a sparse [rows, labels] score matrix).
+    x_test: [N, F] test features.
+    k: labels per example.
+    requests: one-row requests timed, rows 0, 1, ... (cycled over N), after
+      one untimed warm-up request; each times the row slice and the predict.
+    repeats: whole-test-set ``predict`` calls timed; the best one counts.
+
+  Returns:
+    (int32 [N, k] top-k labels of the last whole-test-set call, -1 padded;
+    dict with latency_p50_ms, latency_p99_ms, test_set_seconds, requests,
+    repeats).
+
+  Raises:
+    ValueError: when ``requests`` or ``repeats`` is below 1.
+  """
+  if requests < 1:
+    raise ValueError(f"requests={requests}: need at least one request")
+  if repeats < 1:
+    raise ValueError(f"repeats={repeats}: need at least one repeat")
+  x_test = sp.csr_matrix(x_test, dtype=np.float32)
+  n = x_test.shape[0]
+  model.predict(x_test[0:1], only_topk=k)  # warm-up
+  times = []
+  for r in range(requests):
+    i = r % n
+    t0 = time.perf_counter()
+    model.predict(x_test[i:i + 1], only_topk=k)
+    times.append(time.perf_counter() - t0)
+  ms = np.asarray(times) * 1e3
+  best, scores = float("inf"), None
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    scores = model.predict(x_test, only_topk=k)
+    best = min(best, time.perf_counter() - t0)
+  return topk_labels(scores, k), {
+      "latency_p50_ms": float(np.percentile(ms, 50)),
+      "latency_p99_ms": float(np.percentile(ms, 99)),
+      "test_set_seconds": best, "requests": requests, "repeats": repeats}
 
 
 def main(argv):
-  if len(argv) != 3:
-    raise SystemExit(f"usage: {argv[0]} DIR K")
+  if len(argv) not in (3, 5):
+    raise SystemExit(f"usage: {argv[0]} DIR K [REQUESTS REPEATS]")
   workdir, k = pathlib.Path(argv[1]), int(argv[2])
   load = lambda name: sp.load_npz(workdir / f"{name}.npz")
-  topk, fit_s, predict_s = train_predict(load("x_train"), load("y_train"),
-                                         load("x_test"), k)
+  if len(argv) == 3:
+    topk, fit_s, predict_s = train_predict(load("x_train"), load("y_train"),
+                                           load("x_test"), k)
+    timing = {"fit_seconds": fit_s, "predict_seconds": predict_s}
+  else:
+    model, fit_s = fit(load("x_train"), load("y_train"))
+    topk, timing = time_predict(model, load("x_test"), k, int(argv[3]),
+                                int(argv[4]))
+    timing = {"fit_seconds": fit_s, **timing}
   np.save(workdir / "topk.npy", topk)
   import pecos  # pylint: disable=g-import-not-at-top
   import scipy  # pylint: disable=g-import-not-at-top
   (workdir / "timing.json").write_text(json.dumps({
-      "fit_seconds": fit_s, "predict_seconds": predict_s,
+      **timing,
+      # libgomp reads it once; None: its default (spin, then sleep).
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
       "versions": {"libpecos": pecos.__version__, "numpy": np.__version__,
                    "scipy": scipy.__version__}}))
 

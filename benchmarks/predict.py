@@ -15,15 +15,33 @@ previous run finished it), loads it with :func:`mhe_jax.load` and measures:
   largest bucket, 512), examples per second, best of ``--repeats``;
 * P@1 / P@5 of those predictions (it must equal the trainer's results.json).
 
-Peers on the Delicious split, in the same run and process: napkinXC PLT and
-omikuji (default hyper-parameters, trained here; their training is not
-timed against anything), timed the same way (one-row ``predict`` calls; the
-whole test set). PECOS (``libpecos`` 1.2.8) does not run with this
-environment's numpy 2 / scipy 1.17 (it calls removed scipy.sparse.sputils
-helpers and ``np.array(copy=False)``), so it is reported as not measured.
+Peers on the Delicious split (the raw X of train.txt / test.txt, default
+hyper-parameters, trained here; their training is not timed against
+anything), timed the same way (one-row ``predict`` calls after one warm-up
+call; the whole test set, best of ``--repeats``): napkinXC PLT and omikuji in
+this process, and PECOS XR-Linear (``libpecos`` 1.2.8) in a side interpreter
+given by ``--pecos_python`` (default $MHE_PECOS_PYTHON). libpecos needs
+numpy<2 and scipy<1.14, which jax cannot share a venv with, so
+benchmarks/pecos_peer.py (see its docstring for the side venv) fits and times
+it there (:func:`pecos_peer.time_predict`) and hands back the top-k lists and
+the timings through files; the P@k are computed here like every other row.
+Without ``--pecos_python`` the PECOS row says "not measured" and how to
+measure it. The side process runs with ``OMP_WAIT_POLICY=passive``
+(``--pecos_omp_wait_policy``): libpecos predicts in OpenMP regions, and with
+libgomp's default spin-waiting on cores that other jobs keep busy, each
+one-row predict waited for descheduled spinning threads (Delicious, 2 shared
+cores: p50 84 ms with the default, 0.9 ms passive or with threads=1; the
+whole test set took the same time either way).
+
+A run merges its rows into an existing ``--out`` JSON (a row with the same
+model and num_classes is replaced, the others kept; each run is appended to
+"runs" with its command and load average), so rows can be (re)measured one
+at a time.
 
   python benchmarks/predict.py          # all -> benchmarks/results/predict.json
   python benchmarks/predict.py --heads=mhp --synthetic=false --peers=false
+  python benchmarks/predict.py --heads= --synthetic=false \
+      --peer_models=pecos_xr_linear --pecos_python=/tmp/pecos/bin/python
 """
 
 from __future__ import annotations
@@ -33,7 +51,10 @@ import json
 import os
 import pathlib
 import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app
@@ -41,6 +62,7 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
+import scipy.sparse as sp
 
 import mhe_jax
 from mhe_jax import metrics as metrics_lib
@@ -48,13 +70,31 @@ from mhe_jax import registry
 from mhe_jax import train
 from mhe_jax.data import formats
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import pecos_peer  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
+PEER_MODELS = ("napkinxc_plt", "omikuji", "pecos_xr_linear")
 
 _HEADS = flags.DEFINE_list("heads", ["vanilla", "mhp", "mhc", "mhs"], "Heads.")
 _DELICIOUS = flags.DEFINE_bool("delicious", True, "Benchmark Delicious models.")
 _SYNTHETIC = flags.DEFINE_bool("synthetic", True,
                                "Benchmark 10^6-label synthetic models.")
-_PEERS = flags.DEFINE_bool("peers", True, "Time napkinXC and omikuji.")
+_PEERS = flags.DEFINE_bool("peers", True,
+                           "Time the peers of --peer_models on Delicious.")
+_PEER_MODELS = flags.DEFINE_list(
+    "peer_models", list(PEER_MODELS),
+    f"Peers timed when --peers: some of {', '.join(PEER_MODELS)}. With "
+    "--heads= and --synthetic=false a run times only these.")
+_PECOS_PYTHON = flags.DEFINE_string(
+    "pecos_python", os.environ.get("MHE_PECOS_PYTHON"),
+    "A python interpreter (its own venv, numpy<2) that has libpecos; "
+    "benchmarks/pecos_peer.py fits and times PECOS XR-Linear there. Default "
+    "$MHE_PECOS_PYTHON; unset: the PECOS row is 'not measured'.")
+_PECOS_OMP_WAIT_POLICY = flags.DEFINE_string(
+    "pecos_omp_wait_policy", "passive",
+    "OMP_WAIT_POLICY of the --pecos_python process ('' leaves the "
+    "environment's); see the module docstring.")
 _WORKDIR_ROOT = flags.DEFINE_string(
     "workdir_root", "/tmp/mhe_predict_bench",
     "Training workdirs; a finished one (results.json) is reused.")
@@ -65,7 +105,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Whole-test-set passes timed.")
 _K = flags.DEFINE_integer("k", 5, "Labels per example.")
 _OUT = flags.DEFINE_string(
     "out", str(REPO / "benchmarks" / "results" / "predict.json"),
-    "Where to write the JSON results.")
+    "JSON results (merged into when it exists).")
 
 
 def _config(module: str, arg: str | None = None):
@@ -151,14 +191,119 @@ def _quiet_stderr():
       os.close(saved)
 
 
+def pecos_python() -> str | None:
+  """--pecos_python (default $MHE_PECOS_PYTHON), also before flags parse."""
+  if flags.FLAGS.is_parsed():
+    return _PECOS_PYTHON.value
+  return os.environ.get("MHE_PECOS_PYTHON")
+
+
+def pecos_not_measured(num_classes: int) -> dict:
+  """The PECOS row of a run without --pecos_python."""
+  return {"model": "PECOS XR-Linear", "num_classes": num_classes,
+          "not_measured": "libpecos 1.2.8 needs numpy<2 / scipy<1.14, which "
+                          "jax cannot share a venv with; give "
+                          "--pecos_python (a side venv, see "
+                          "benchmarks/pecos_peer.py) to measure it"}
+
+
+def bench_pecos(train_data: formats.XMCData, test: formats.XMCData,
+                python: str, k: int, requests: int, repeats: int,
+                omp_wait_policy: str | None = "passive") -> dict:
+  """PECOS XR-Linear fitted and timed by benchmarks/pecos_peer.py in ``python``.
+
+  The side interpreter gets the same raw features as napkinXC (train X and Y,
+  test X), fits XR-Linear with libpecos's defaults and times it like
+  :func:`bench_peers` times the others (:func:`pecos_peer.time_predict`):
+  one-row requests over rows 0..requests-1 after one warm-up request, and the
+  whole test set, best of ``repeats``. P@1 / P@5 are computed here.
+
+  Args:
+    train_data: the training split (X, Y).
+    test: the test split (X for the requests; labels for P@k).
+    python: the side interpreter that can import ``pecos``.
+    k: labels per example.
+    requests: one-row requests timed.
+    repeats: whole-test-set passes timed.
+    omp_wait_policy: OMP_WAIT_POLICY set for the side process (libpecos uses
+      OpenMP); None or '' keeps this process's environment.
+
+  Returns:
+    The row: model, num_classes, latency_p50_ms, latency_p99_ms,
+    test_set_seconds, num_test, examples_per_second, train_seconds, P@1, P@5,
+    settings, python, omp_wait_policy (as the side process saw it; None:
+    libgomp's default).
+
+  Raises:
+    FileNotFoundError: when ``python`` is not an executable.
+    RuntimeError: when pecos_peer.py fails under ``python`` (its stderr tail).
+  """
+  if shutil.which(python) is None:
+    raise FileNotFoundError(f"--pecos_python={python}: no such executable")
+  script = pathlib.Path(__file__).with_name("pecos_peer.py")
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = pathlib.Path(tmp)
+    sp.save_npz(workdir / "x_train.npz", sp.csr_matrix(train_data.X))
+    sp.save_npz(workdir / "y_train.npz", sp.csr_matrix(train_data.Y))
+    sp.save_npz(workdir / "x_test.npz", sp.csr_matrix(test.X))
+    env = dict(os.environ)
+    if omp_wait_policy:
+      env["OMP_WAIT_POLICY"] = omp_wait_policy
+    done = subprocess.run([python, str(script), str(workdir), str(k),
+                           str(requests), str(repeats)], env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+      raise RuntimeError(f"--pecos_python={python} {script} failed "
+                         f"({done.returncode}):\n{done.stderr[-2000:]}")
+    timing = json.loads((workdir / "timing.json").read_text())
+    topk = np.load(workdir / "topk.npy")
+  n = test.X.shape[0]
+  if topk.shape != (n, k):
+    raise RuntimeError(f"--pecos_python={python}: topk.npy has shape "
+                       f"{topk.shape}, want {(n, k)}")
+  versions = ", ".join(f"{name} {v}" for name, v in timing["versions"].items())
+  row = {"model": "PECOS XR-Linear", "num_classes": test.num_labels,
+         "latency_p50_ms": timing["latency_p50_ms"],
+         "latency_p99_ms": timing["latency_p99_ms"],
+         "test_set_seconds": timing["test_set_seconds"], "num_test": n,
+         "examples_per_second": n / timing["test_set_seconds"],
+         "train_seconds": timing["fit_seconds"],
+         **_precision(topk.astype(np.int64), test),
+         "settings": (f"{pecos_peer.SETTINGS}; raw features; requests "
+                      f"predict(x[i:i+1], only_topk={k})"),
+         "python": f"{python} ({versions})",
+         "omp_wait_policy": timing.get("omp_wait_policy")}
+  logging.info("%s", row)
+  return row
+
+
 def bench_peers(train_data: formats.XMCData, test: formats.XMCData,
-                data_dir: pathlib.Path, requests: int) -> list[dict]:
+                data_dir: pathlib.Path, requests: int,
+                models=PEER_MODELS) -> list[dict]:
+  """Rows of the peers named in ``models`` (some of PEER_MODELS)."""
+  unknown = sorted(set(models) - set(PEER_MODELS))
+  if unknown:
+    raise ValueError(f"--peer_models: unknown {unknown}; known: "
+                     f"{', '.join(PEER_MODELS)}")
   k = _K.value
   rows = []
+  if "napkinxc_plt" in models:
+    rows.append(_bench_napkinxc(train_data, test, k, requests))
+  if "omikuji" in models:
+    rows.append(_bench_omikuji(test, data_dir, k, requests))
+  if "pecos_xr_linear" in models:
+    python = pecos_python()
+    rows.append(bench_pecos(train_data, test, python, k, requests,
+                            _REPEATS.value, _PECOS_OMP_WAIT_POLICY.value)
+                if python else pecos_not_measured(test.num_labels))
+  return rows
+
+
+def _bench_napkinxc(train_data: formats.XMCData, test: formats.XMCData,
+                    k: int, requests: int) -> dict:
+  """napkinXC PLT (defaults: hierarchical k-means tree, liblinear)."""
   X = test.X
-  # napkinXC PLT (defaults: hierarchical k-means tree, liblinear).
   from napkinxc.models import PLT  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as tmp:
     plt = PLT(tmp)
     y_lists = [list(map(int, r)) for r in np.split(
@@ -173,13 +318,19 @@ def bench_peers(train_data: formats.XMCData, test: formats.XMCData,
     labels = np.full((X.shape[0], k), -1, np.int64)
     for i, r in enumerate(pred):
       labels[i, :len(r)] = r[:k]
-    rows.append({"model": "napkinXC PLT", "num_classes": test.num_labels,
-                 "latency_p50_ms": p50, "latency_p99_ms": p99,
-                 "test_set_seconds": seconds, "num_test": X.shape[0],
-                 "examples_per_second": X.shape[0] / seconds,
-                 "train_seconds": train_s, **_precision(labels, test)})
-    logging.info("%s", rows[-1])
-  # omikuji (Parabel-like defaults); its Python API predicts one example.
+    row = {"model": "napkinXC PLT", "num_classes": test.num_labels,
+           "latency_p50_ms": p50, "latency_p99_ms": p99,
+           "test_set_seconds": seconds, "num_test": X.shape[0],
+           "examples_per_second": X.shape[0] / seconds,
+           "train_seconds": train_s, **_precision(labels, test)}
+  logging.info("%s", row)
+  return row
+
+
+def _bench_omikuji(test: formats.XMCData, data_dir: pathlib.Path, k: int,
+                   requests: int) -> dict:
+  """omikuji (Parabel-like defaults); its Python API predicts one example."""
+  X = test.X
   import omikuji  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   with _quiet_stderr():  # omikuji draws per-example progress bars
@@ -199,17 +350,55 @@ def bench_peers(train_data: formats.XMCData, test: formats.XMCData,
   labels = np.full((X.shape[0], k), -1, np.int64)
   for i, r in enumerate(pred):
     labels[i, :len(r)] = [l for l, _ in r[:k]]
-  rows.append({"model": "omikuji", "num_classes": test.num_labels,
-               "latency_p50_ms": p50, "latency_p99_ms": p99,
-               "test_set_seconds": seconds, "num_test": X.shape[0],
-               "examples_per_second": X.shape[0] / seconds,
-               "train_seconds": train_s, **_precision(labels, test)})
-  logging.info("%s", rows[-1])
-  rows.append({"model": "PECOS XR-Linear", "num_classes": test.num_labels,
-               "not_measured": "libpecos 1.2.8 fails under numpy 2 / scipy "
-                               "1.17 (removed sputils helpers, "
-                               "np.array(copy=False))"})
-  return rows
+  row = {"model": "omikuji", "num_classes": test.num_labels,
+         "latency_p50_ms": p50, "latency_p99_ms": p99,
+         "test_set_seconds": seconds, "num_test": X.shape[0],
+         "examples_per_second": X.shape[0] / seconds,
+         "train_seconds": train_s, **_precision(labels, test)}
+  logging.info("%s", row)
+  return row
+
+
+def merge_results(previous: dict | None, new: dict) -> dict:
+  """``new`` merged into ``previous`` (the --out JSON of earlier runs).
+
+  Per dataset key ("delicious", "synthetic_1m"), a row of ``new`` replaces
+  the previous row with the same (model, num_classes) in place; previous
+  rows it does not replace are kept, new ones are appended. The other keys
+  (machine, jax, date, command, ...) are those of ``new``; "runs" collects
+  every run's entry (``new["runs"]`` appended to the previous ones; a file
+  written before "runs" existed counts as one run, its command and date).
+
+  Args:
+    previous: the earlier results, or None.
+    new: this run's results.
+
+  Returns:
+    The merged results (a new dict).
+  """
+  previous = previous or {}
+  merged = {key: value for key, value in previous.items()
+            if key not in ("delicious", "synthetic_1m", "runs")}
+  merged.update({key: value for key, value in new.items()
+                 if key not in ("delicious", "synthetic_1m", "runs")})
+  runs = list(previous.get("runs", []))
+  if not runs and "command" in previous:  # written before "runs" existed
+    runs = [{"command": previous["command"], "time": previous.get("date")}]
+  merged["runs"] = runs + list(new.get("runs", []))
+  for dataset in ("delicious", "synthetic_1m"):
+    if dataset not in previous and dataset not in new:
+      continue
+    rows = list(previous.get(dataset, []))
+    where = {(r["model"], r["num_classes"]): i for i, r in enumerate(rows)}
+    for row in new.get(dataset, []):
+      key = (row["model"], row["num_classes"])
+      if key in where:
+        rows[where[key]] = row
+      else:
+        where[key] = len(rows)
+        rows.append(row)
+    merged[dataset] = rows
+  return merged
 
 
 def markdown(results: dict) -> str:
@@ -236,11 +425,14 @@ def markdown(results: dict) -> str:
 def main(argv):
   del argv
   root = pathlib.Path(_WORKDIR_ROOT.value)
+  command = "python " + " ".join(sys.argv)
   out = {"machine": f"{platform.machine()} {platform.processor() or ''}, "
                     f"{jax.device_count()} {jax.default_backend()} device(s)",
          "jax": jax.__version__, "date": time.strftime("%Y-%m-%d"),
-         "k": _K.value,
-         "command": "python benchmarks/predict.py"}
+         "k": _K.value, "command": command,
+         "runs": [{"command": command,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "load_average_1_5_15_min_at_start": list(os.getloadavg())}]}
   if _DELICIOUS.value:
     data_dir = registry.data_root(_config("delicious_mhp").data) / "delicious"
     train_data = formats.read_xc(data_dir / "train.txt")
@@ -252,7 +444,8 @@ def main(argv):
       rows.append(bench_mhe(f"mhe_jax {head}", workdir, test, results,
                             _REQUESTS.value))
     if _PEERS.value:
-      rows += bench_peers(train_data, test, data_dir, _REQUESTS.value)
+      rows += bench_peers(train_data, test, data_dir, _REQUESTS.value,
+                          _PEER_MODELS.value)
     out["delicious"] = rows
   if _SYNTHETIC.value:
     rows = []
@@ -267,10 +460,13 @@ def main(argv):
       rows.append(bench_mhe(f"mhe_jax {head}", workdir, test, results,
                             max(_REQUESTS.value // 3, 20)))
     out["synthetic_1m"] = rows
-  table = markdown(out)
-  print(table)
-  pathlib.Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
-  pathlib.Path(_OUT.value).write_text(json.dumps(out, indent=1))
+  out["runs"][0]["load_average_1_5_15_min_at_end"] = list(os.getloadavg())
+  path = pathlib.Path(_OUT.value)
+  previous = json.loads(path.read_text()) if path.exists() else None
+  out = merge_results(previous, out)
+  print(markdown(out))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
