@@ -8,6 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from conftest import REPO_ROOT
+import fake_pecos
 import tiny_config as tiny_config_lib
 
 
@@ -60,60 +61,11 @@ def test_one_member_ensemble_reproduces_the_trainer(bench):
     assert metrics[key] == pytest.approx(members[0][key], abs=1e-9), key
 
 
-_FAKE_PECOS = '''
-"""A stand-in for libpecos's XR-Linear API: scores = x @ (x_train.T @ y_train)."""
-import numpy as np
-import scipy.sparse as sp
-__version__ = "fake"
-
-
-class LabelEmbeddingFactory:
-  @staticmethod
-  def create(y, x, method):
-    assert method == "pifa"
-    return sp.csr_matrix(y.T @ x)
-
-
-class Indexer:
-  @staticmethod
-  def gen(feat):
-    return feat.shape[0]
-
-
-class _Model:
-  def __init__(self, w):
-    self.w = w
-
-  def predict(self, x, only_topk):
-    dense = np.asarray((x @ self.w).todense())
-    out = np.zeros_like(dense)
-    for i, row in enumerate(dense):
-      keep = np.argsort(-row, kind="stable")[:only_topk]
-      keep = keep[row[keep] > 0]  # sparse output: rows may be short
-      out[i, keep] = row[keep]
-    return sp.csr_matrix(out)
-
-
-class XLinearModel:
-  @staticmethod
-  def train(x, y, C):
-    assert C == y.shape[1]
-    return _Model(sp.csr_matrix(x.T @ y))
-'''
-
-
 def test_pecos_through_a_side_interpreter(bench, tmp_path, monkeypatch):
   # benchmarks/pecos_peer.py runs under --pecos_python with its own imports;
   # a fake `pecos` on PYTHONPATH checks the file exchange, the ordering of
   # the returned scores and the -1 padding of short rows.
-  fake = tmp_path / "site" / "pecos"
-  (fake / "xmc" / "xlinear").mkdir(parents=True)
-  (fake / "__init__.py").write_text("__version__ = 'fake'\n")
-  (fake / "xmc" / "__init__.py").write_text(
-      "from pecos.xmc.xlinear.model import LabelEmbeddingFactory, Indexer\n")
-  (fake / "xmc" / "xlinear" / "__init__.py").write_text("")
-  (fake / "xmc" / "xlinear" / "model.py").write_text(_FAKE_PECOS)
-  monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+  monkeypatch.setenv("PYTHONPATH", str(fake_pecos.install(tmp_path / "site")))
   monkeypatch.setenv("MHE_PECOS_PYTHON", sys.executable)
 
   rng = np.random.default_rng(0)
@@ -129,10 +81,7 @@ def test_pecos_through_a_side_interpreter(bench, tmp_path, monkeypatch):
   pred, fit_s, predict_s, settings = bench._pecos(x_tr, Train, x_te, tmp_path)
   assert fit_s >= 0 and predict_s >= 0
   assert sys.executable in settings and "libpecos fake" in settings
-  scores = x_te.toarray() @ (x_tr.toarray().T @ y.toarray())
-  for row, got in zip(scores, pred):
-    want = [int(c) for c in np.argsort(-row, kind="stable")[:5] if row[c] > 0]
-    assert got == want
+  assert pred == fake_pecos.reference_topk(x_tr, y, x_te, 5)
 
 
 def _knn_reference(train_x, train_y, x, k, power):
