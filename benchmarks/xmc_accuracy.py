@@ -61,10 +61,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from mhe_jax import config_lib
+from mhe_jax import knn as knn_lib
 from mhe_jax import metrics as metrics_lib
 from mhe_jax import registry
 from mhe_jax.data import formats
-from mhe_jax.nn import encoders
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import pecos_peer  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -77,7 +77,7 @@ KS = (1, 3, 5)
 COLUMNS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5")
 
 # best_ensemble_knn: the ensemble's mean sigmoid blended with kNN label votes
-# (knn_label_scores). The settings were chosen on the validation tail of the
+# (mhe_jax.knn.label_scores). The settings were chosen on the validation tail of the
 # training file by `python benchmarks/xmc_tuning.py --blend
 # --config=configs/{dataset}_best.py --members=N` over KNN_GRID (the whole
 # grid is in that trial's entry of benchmarks/results/xmc_tuning.json); the
@@ -148,15 +148,6 @@ def load_config(path: pathlib.Path, arg: str | None):
 
 
 # ------------------------------------------------------------------ scoring
-def tfidf(train_x: sp.csr_matrix, x: sp.csr_matrix) -> sp.csr_matrix:
-  """Rows of ``x`` weighted by the training idf and L2-normalised."""
-  idf = encoders.SparseMLPEncoder.idf_from_csr(train_x)
-  w = sp.csr_matrix(x @ sp.diags(idf), dtype=np.float32)
-  norms = np.sqrt(np.asarray(w.multiply(w).sum(axis=1)).ravel())
-  return sp.csr_matrix(sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ w,
-                       dtype=np.float32)
-
-
 def score_topk(topk: list[list[int]] | np.ndarray, true_labels: np.ndarray,
                label_counts: np.ndarray, num_train: int) -> dict[str, float]:
   """Our metrics (as the trainer computes them) of top-5 label lists.
@@ -270,7 +261,7 @@ def run_peer(method: str, dataset: str, train, test) -> dict:
       return {"dataset": dataset, "method": method, "kind": "peer",
               "skipped": f"{module} not importable: {type(e).__name__}: "
                          f"{e}{hint}"}
-  x_tr, x_te = tfidf(train.X, train.X), tfidf(train.X, test.X)
+  x_tr, x_te = knn_lib.tfidf(train.X, train.X), knn_lib.tfidf(train.X, test.X)
   with tempfile.TemporaryDirectory() as workdir:
     pred, fit_s, predict_s, settings = fn(x_tr, train, x_te,
                                           pathlib.Path(workdir))
@@ -378,54 +369,15 @@ def ensemble(config, seeds) -> Ensemble:
 
 
 # -------------------------------------------------------------- kNN blend
-def knn_label_scores(train: formats.XMCData, x: sp.csr_matrix, k: int,
-                     power: float, batch_size: int = 1024) -> np.ndarray:
-  """Label votes of the ``k`` nearest training rows, float32 ``[N, C]``.
-
-  Rows are compared by the cosine of their tf-idf vectors (:func:`tfidf`,
-  the training idf); neighbour j of row i votes ``sim_ij ** power`` for each
-  of its labels and the votes are divided by their row sum, so a label held
-  by every neighbour scores 1. The neighbour search is
-  :func:`mhe_jax.ops.shortlist.exact_search`, jitted, over query batches.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from mhe_jax.ops import shortlist  # pylint: disable=g-import-not-at-top
-  if not 1 <= k <= train.num_examples:
-    raise ValueError(f"k={k} must be in [1, {train.num_examples}] (the "
-                     "training rows)")
-  keys = tfidf(train.X, train.X).toarray()
-  queries = tfidf(train.X, x)
-  search = jax.jit(lambda q, keys: shortlist.exact_search(q, keys, k))
-  y = sp.csr_matrix(train.Y, dtype=np.float32)
-  out = np.zeros((x.shape[0], train.num_labels), np.float32)
-  for a in range(0, x.shape[0], batch_size):
-    q = queries[a:a + batch_size].toarray()
-    rows = len(q)
-    if rows < batch_size:  # one compiled shape
-      q = np.pad(q, ((0, batch_size - rows), (0, 0)))
-    sims, ids = (np.asarray(v)[:rows] for v in search(q, keys))
-    votes = np.maximum(sims, 0.0) ** power
-    votes /= np.maximum(votes.sum(axis=1, keepdims=True), 1e-12)
-    w = sp.csr_matrix((votes.ravel(), ids.ravel(), np.arange(rows + 1) * k),
-                      shape=(rows, train.num_examples))
-    out[a:a + rows] = (w @ y).toarray()
-  return out
-
-
-def blend(probs: np.ndarray, knn: np.ndarray, weight: float) -> np.ndarray:
-  """``(1 - weight) * probs + weight * knn``: both in [0, 1] per label."""
-  return (1.0 - weight) * probs + weight * knn
-
-
 def blend_grid(run: Ensemble, grid: dict = None) -> list[dict]:
   """P@1/3/5 of every (k, power, weight) of ``grid`` on ``run``'s eval rows."""
   grid = grid or KNN_GRID
   out = []
   for k in grid["k"]:
     for power in grid["power"]:
-      knn = knn_label_scores(run.train, run.eval.X, k, power)
+      votes = knn_lib.label_scores(run.train, run.eval.X, k, power)
       for weight in grid["weight"]:
-        top = np.argsort(-blend(run.probs, knn, weight), axis=1,
+        top = np.argsort(-knn_lib.blend(run.probs, votes, weight), axis=1,
                          kind="stable")[:, :max(KS)]
         m = score_topk(top, run.labels, run.label_counts,
                        run.train.num_examples)
@@ -468,10 +420,11 @@ def run_ensemble(dataset: str) -> list[dict]:
   if dataset in KNN_BLEND:
     setting = KNN_BLEND[dataset]
     t0 = time.perf_counter()
-    knn = knn_label_scores(run.train, run.eval.X, setting["k"],
-                           setting["power"])
+    votes = knn_lib.label_scores(run.train, run.eval.X, setting["k"],
+                                 setting["power"])
     knn_s = time.perf_counter() - t0
-    top = np.argsort(-blend(run.probs, knn, setting["weight"]), axis=1,
+    top = np.argsort(-knn_lib.blend(run.probs, votes, setting["weight"]),
+                     axis=1,
                      kind="stable")[:, :max(KS)]
     rows.append({
         "dataset": dataset, "method": "best_ensemble_knn", "kind": "mhe_jax",

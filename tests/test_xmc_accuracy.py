@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 from conftest import REPO_ROOT
 import fake_pecos
+from mhe_jax import knn as knn_lib
 import tiny_config as tiny_config_lib
 
 
@@ -21,20 +22,6 @@ def bench():
     sys.modules["xmc_accuracy_under_test"] = module
     spec.loader.exec_module(module)
   return sys.modules["xmc_accuracy_under_test"]
-
-
-def test_tfidf_matches_numpy(bench):
-  train = sp.random(30, 12, density=0.3, format="csr", random_state=1,
-                    dtype=np.float32)
-  test = sp.random(7, 12, density=0.3, format="csr", random_state=2,
-                   dtype=np.float32)
-  df = (train.toarray() != 0).sum(0)
-  idf = np.log((1 + 30) / (1 + df)) + 1
-  w = test.toarray() * idf
-  norm = np.linalg.norm(w, axis=1, keepdims=True)
-  want = w / np.where(norm > 0, norm, 1)
-  np.testing.assert_allclose(bench.tfidf(train, test).toarray(), want,
-                             rtol=1e-5, atol=1e-7)
 
 
 def test_score_topk_by_hand(bench):
@@ -84,40 +71,6 @@ def test_pecos_through_a_side_interpreter(bench, tmp_path, monkeypatch):
   assert pred == fake_pecos.reference_topk(x_tr, y, x_te, 5)
 
 
-def _knn_reference(train_x, train_y, x, k, power):
-  """Brute force: cosine of L2-normalised tf-idf rows, top-k by (-sim, id)."""
-  dense = lambda m: np.asarray(m.todense(), np.float64)
-  tx, q, y = dense(train_x), dense(x), dense(train_y)
-  df = (tx != 0).sum(0)
-  idf = np.log((1 + len(tx)) / (1 + df)) + 1
-  unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True),
-                                  1e-30)
-  sims = unit(q * idf) @ unit(tx * idf).T
-  out = np.zeros((len(q), y.shape[1]))
-  for i, row in enumerate(sims):
-    nbrs = np.lexsort((np.arange(len(row)), -row))[:k]
-    votes = np.maximum(row[nbrs], 0) ** power
-    out[i] = votes @ y[nbrs] / max(votes.sum(), 1e-12)
-  return out
-
-
-@pytest.mark.parametrize("k,power,batch", [(1, 1, 4), (5, 2, 3), (12, 4, 64)])
-def test_knn_label_scores_match_brute_force(bench, k, power, batch):
-  from mhe_jax.data import formats
-  rng = np.random.default_rng(k)
-  # Integer counts: exact cosine ties are rare but the reference breaks them
-  # like exact_search (smaller training row first).
-  train_x = sp.csr_matrix(rng.poisson(0.4, (30, 20)).astype(np.float32))
-  train_y = sp.csr_matrix((rng.random((30, 7)) < 0.3).astype(np.float32))
-  x = sp.csr_matrix(rng.poisson(0.4, (10, 20)).astype(np.float32))
-  got = bench.knn_label_scores(formats.XMCData(train_x, train_y), x, k, power,
-                               batch_size=batch)
-  np.testing.assert_allclose(got, _knn_reference(train_x, train_y, x, k,
-                                                 power), rtol=1e-4, atol=1e-5)
-  with pytest.raises(ValueError, match="k=31"):
-    bench.knn_label_scores(formats.XMCData(train_x, train_y), x, 31, power)
-
-
 def test_blend_grid_and_best_setting(bench):
   # A 1-member ensemble of a tiny run: weight 0 reproduces the members'
   # ranking (mean sigmoid ranks like the logits), weight 1 the kNN alone.
@@ -134,7 +87,7 @@ def test_blend_grid_and_best_setting(bench):
   assert [(g["k"], g["power"], g["weight"]) for g in grid] == [
       (3, 1, 0.0), (3, 1, 1.0)]
   assert grid[0]["P@1"] == pytest.approx(run.metrics["P@1"], abs=1e-9)
-  knn = bench.knn_label_scores(run.train, run.eval.X, 3, 1)
+  knn = knn_lib.label_scores(run.train, run.eval.X, 3, 1)
   top = np.argsort(-knn, axis=1, kind="stable")[:, :5]
   want = bench.score_topk(top, run.labels, run.label_counts,
                           run.train.num_examples)
