@@ -262,13 +262,9 @@ def bench_pecos(train_data: formats.XMCData, test: formats.XMCData,
     raise RuntimeError(f"--pecos_python={python}: topk.npy has shape "
                        f"{topk.shape}, want {(n, k)}")
   versions = ", ".join(f"{name} {v}" for name, v in timing["versions"].items())
-  row = {"model": "PECOS XR-Linear", "num_classes": test.num_labels,
-         "latency_p50_ms": timing["latency_p50_ms"],
-         "latency_p99_ms": timing["latency_p99_ms"],
-         "test_set_seconds": timing["test_set_seconds"], "num_test": n,
-         "examples_per_second": n / timing["test_set_seconds"],
-         "train_seconds": timing["fit_seconds"],
-         **_precision(topk.astype(np.int64), test),
+  row = {**_peer_row("PECOS XR-Linear", test, timing["latency_p50_ms"],
+                     timing["latency_p99_ms"], timing["test_set_seconds"],
+                     topk.astype(np.int64), timing["fit_seconds"]),
          "settings": (f"{pecos_peer.SETTINGS}; raw features; requests "
                       f"predict(x[i:i+1], only_topk={k})"),
          "python": f"{python} ({versions})",
@@ -299,6 +295,17 @@ def bench_peers(train_data: formats.XMCData, test: formats.XMCData,
   return rows
 
 
+def _peer_row(model: str, test: formats.XMCData, p50: float, p99: float,
+              seconds: float, labels: np.ndarray, train_s: float) -> dict:
+  """A peer's row: latencies, whole-test-set time, P@1/P@5 of ``labels``."""
+  n = test.X.shape[0]
+  return {"model": model, "num_classes": test.num_labels,
+          "latency_p50_ms": p50, "latency_p99_ms": p99,
+          "test_set_seconds": seconds, "num_test": n,
+          "examples_per_second": n / seconds, "train_seconds": train_s,
+          **_precision(labels, test)}
+
+
 def _bench_napkinxc(train_data: formats.XMCData, test: formats.XMCData,
                     k: int, requests: int) -> dict:
   """napkinXC PLT (defaults: hierarchical k-means tree, liblinear)."""
@@ -318,11 +325,7 @@ def _bench_napkinxc(train_data: formats.XMCData, test: formats.XMCData,
     labels = np.full((X.shape[0], k), -1, np.int64)
     for i, r in enumerate(pred):
       labels[i, :len(r)] = r[:k]
-    row = {"model": "napkinXC PLT", "num_classes": test.num_labels,
-           "latency_p50_ms": p50, "latency_p99_ms": p99,
-           "test_set_seconds": seconds, "num_test": X.shape[0],
-           "examples_per_second": X.shape[0] / seconds,
-           "train_seconds": train_s, **_precision(labels, test)}
+    row = _peer_row("napkinXC PLT", test, p50, p99, seconds, labels, train_s)
   logging.info("%s", row)
   return row
 
@@ -350,11 +353,7 @@ def _bench_omikuji(test: formats.XMCData, data_dir: pathlib.Path, k: int,
   labels = np.full((X.shape[0], k), -1, np.int64)
   for i, r in enumerate(pred):
     labels[i, :len(r)] = [l for l, _ in r[:k]]
-  row = {"model": "omikuji", "num_classes": test.num_labels,
-         "latency_p50_ms": p50, "latency_p99_ms": p99,
-         "test_set_seconds": seconds, "num_test": X.shape[0],
-         "examples_per_second": X.shape[0] / seconds,
-         "train_seconds": train_s, **_precision(labels, test)}
+  row = _peer_row("omikuji", test, p50, p99, seconds, labels, train_s)
   logging.info("%s", row)
   return row
 
