@@ -39,18 +39,18 @@ from collections.abc import Callable
 
 from absl import app
 from absl import flags
+import ml_collections
 import numpy as np
 
+from mhe_jax import registry
 from mhe_jax.data import formats
 from mhe_jax.data import pipeline
 from mhe_jax.data import synthetic
 
 _DATA = flags.DEFINE_string(
-    "data_dir",
-    os.environ.get("MHE_DATA_DIR",
-                   str(pathlib.Path(__file__).resolve().parents[2] / "shared"
-                       / "data")),
-    "Real data directory (holds delicious/).")
+    "data_dir", None,
+    "Real data directory (holds delicious/); default registry.data_root's "
+    "($MHE_DATA_DIR, else ../shared/data).")
 _BATCH = flags.DEFINE_integer("batch", 256, "Global batch size.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Training epochs per timing.")
 _THREADS = flags.DEFINE_list("threads", ["0", "1", "2"],
@@ -105,7 +105,8 @@ def _loader_rows(dataset: str, source: pipeline.Source,
 
 
 def _delicious(threads: list[int]) -> list[dict]:
-  d = pathlib.Path(_DATA.value) / "delicious"
+  d = registry.data_root(ml_collections.ConfigDict(
+      {"data_dir": _DATA.value or ""})) / "delicious"
   train, sec = _timed(lambda: formats.read_xc(d / "train.txt"))
   rows = [dict(dataset="delicious", stage="read_xc train.txt",
                examples=train.num_examples, seconds=sec)]
