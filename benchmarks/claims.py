@@ -17,7 +17,7 @@ accuracy tables; this script checks each on this machine:
       ``configs/delicious_mhc.py`` whose cascade is a label tree),
     - Shakespeare next word (``configs/shakespeare_mhp.py``, H = 2),
     - a noisy Gaussian mixture (C = 2000, d = 64, noise 1.0; the MLP +
-      head loop of ``tests/learning.py``) where MHP trails the full softmax
+      head loop of ``mhe_jax.mixture``) where MHP trails the full softmax
       badly after 300 steps, and again after 1500 steps; and at noise 0.5
       after 1500 steps, where MHP comes close to fitting.
       The mixture's class ids are already random w.r.t. the centres, so
@@ -38,7 +38,7 @@ accuracy tables; this script checks each on this machine:
 
 Everything trains with mhe_jax's own code: the trainer
 (:func:`mhe_jax.train.train_and_evaluate`) for the real data, and
-``tests/learning.train_and_eval`` for the mixture. Prints markdown tables,
+``mhe_jax.mixture.train_and_eval`` for the mixture. Prints markdown tables,
 writes ``benchmarks/results/claims.json`` and three PNG plots next to it.
 
   python benchmarks/claims.py                    # all parts, ~40 min on 2 loaded CPU cores
@@ -53,7 +53,6 @@ import json
 import os
 import pathlib
 import platform
-import sys
 import tempfile
 import time
 
@@ -67,14 +66,13 @@ import optax
 from mhe_jax import config_lib
 from mhe_jax import LabelCodec
 from mhe_jax import label_order
+from mhe_jax import mixture
 from mhe_jax import train
 from mhe_jax.data.gaussian import GaussianMixture
 from mhe_jax.nn.mhp import MHPHead
 from mhe_jax.nn.vanilla import VanillaHead
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-import learning  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PARTS = ("heads", "order_delicious", "order_shakespeare", "order_gmm",
          "low_rank")
@@ -98,7 +96,7 @@ _OUT = flags.DEFINE_string(
     "out", str(REPO / "benchmarks" / "results" / "claims.json"),
     "Where to write the JSON results (plots go next to it).")
 
-# Gaussian mixture settings (tests/learning.py's MLP 512-512 + adam 1e-3).
+# Gaussian mixture settings (mhe_jax.mixture's MLP 512-512 + adam 1e-3).
 GMM = dict(num_classes=2000, dim=64, hidden=512, depth=2, batch=256)
 # (noise, steps): MHP far behind the full softmax, less far, and close to it.
 GMM_ORDER_SETTINGS = ((1.0, 300), (1.0, 1500), (0.5, 1500))
@@ -167,7 +165,7 @@ def gmm_centroids(noise: float, seed: int, per_class: int = 10) -> np.ndarray:
 
 def gmm_run(make_head, *, noise: float, steps: int, seed: int) -> float:
   t0 = time.perf_counter()
-  acc = learning.train_and_eval(
+  acc = mixture.train_and_eval(
       make_head, num_classes=GMM["num_classes"], dim=GMM["dim"], noise=noise,
       hidden=GMM["hidden"], depth=GMM["depth"], steps=steps,
       batch=GMM["batch"], seed=seed)
