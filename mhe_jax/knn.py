@@ -11,11 +11,12 @@ ensembles; README "Results" has the figures.
   votes = knn.label_scores(train, test.X, k=50, power=8)       # [N, C]
   scores = knn.blend(probs, votes, weight=0.4)                  # rank these
 
-The neighbour search is :func:`mhe_jax.ops.shortlist.exact_search`, jitted
-over fixed-size query batches; memory is the dense ``[n_train, F]`` key
-matrix plus one ``[batch, n_train]`` score block, so this is meant for
-training sets of up to ~10^5 rows, not for the 10^8-label regime of the
-heads.
+The neighbour search is exact, jitted over fixed-size query batches: the
+dense ``[n_train, F]`` tf-idf keys through
+:func:`mhe_jax.ops.shortlist.exact_search` when they are small, else sparse
+keys and one ``[batch, n_train]`` similarity block at a time. Every query
+is compared with every training row, so this is meant for training sets of
+up to ~10^5-10^6 rows, not for the 10^8-label regime of the heads.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def tfidf(train_x: sp.spmatrix, x: sp.spmatrix) -> sp.csr_matrix:
 
 
 def label_scores(train: formats.XMCData, x: sp.spmatrix, k: int,
-                 power: float = 1.0, batch_size: int = 1024) -> np.ndarray:
+                 power: float = 1.0, batch_size: int = 1024,
+                 dense_limit: int = 2**27) -> np.ndarray:
   """Label votes of the ``k`` nearest training rows, float32 ``[N, C]``.
 
   Args:
@@ -54,6 +56,12 @@ def label_scores(train: formats.XMCData, x: sp.spmatrix, k: int,
       of its labels; votes are divided by their row sum, so a label held by
       every neighbour scores 1 (a query with no similar row scores 0).
     batch_size: queries searched at once (one compiled shape).
+    dense_limit: up to this many ``n_train * F`` entries the tf-idf keys are
+      held dense and searched by :func:`mhe_jax.ops.shortlist.exact_search`;
+      above it (wide vocabularies) they stay sparse, each batch's
+      ``[batch, n_train]`` similarities come from a sparse product and
+      ``jax.lax.top_k`` picks the neighbours (ties: smaller row first, as
+      exact_search), so no dense ``[n_train, F]`` matrix is ever built.
 
   Returns:
     float32 ``[N, C]`` votes in ``[0, 1]``.
@@ -66,17 +74,25 @@ def label_scores(train: formats.XMCData, x: sp.spmatrix, k: int,
                      f"{train.num_features}")
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-  keys = tfidf(train.X, train.X).toarray()
+  keys = tfidf(train.X, train.X)
   queries = tfidf(train.X, x)
-  search = jax.jit(lambda q, keys: shortlist.exact_search(q, keys, k))
+  if train.num_examples * train.num_features <= dense_limit:
+    dense_keys = keys.toarray()
+    exact = jax.jit(lambda q, keys: shortlist.exact_search(q, keys, k))
+    search = lambda q: exact(q, dense_keys)  # keys an argument, not a constant
+    block = lambda q: q.toarray()
+  else:
+    keys_t = sp.csc_matrix(keys.T)
+    search = jax.jit(lambda sims: jax.lax.top_k(sims, k))
+    block = lambda q: (q @ keys_t).toarray()
   y = sp.csr_matrix(train.Y, dtype=np.float32)
   out = np.zeros((x.shape[0], train.num_labels), np.float32)
   for a in range(0, x.shape[0], batch_size):
-    q = queries[a:a + batch_size].toarray()
+    q = block(queries[a:a + batch_size])
     rows = len(q)
     if rows < batch_size:
       q = np.pad(q, ((0, batch_size - rows), (0, 0)))
-    sims, ids = (np.asarray(v)[:rows] for v in search(q, keys))
+    sims, ids = (np.asarray(v)[:rows] for v in search(q))
     votes = np.maximum(sims, 0.0) ** power
     votes /= np.maximum(votes.sum(axis=1, keepdims=True), 1e-12)
     w = sp.csr_matrix((votes.ravel(), ids.ravel(), np.arange(rows + 1) * k),

@@ -39,8 +39,9 @@ def _knn_reference(train_x, train_y, x, k, power):
   return out
 
 
+@pytest.mark.parametrize("dense_limit", [2**27, 0])  # dense keys, sparse keys
 @pytest.mark.parametrize("k,power,batch", [(1, 1, 4), (5, 2, 3), (12, 4, 64)])
-def test_label_scores_match_brute_force(k, power, batch):
+def test_label_scores_match_brute_force(k, power, batch, dense_limit):
   rng = np.random.default_rng(k)
   # Integer counts: exact cosine ties are rare but the reference breaks them
   # like exact_search (smaller training row first).
@@ -48,7 +49,7 @@ def test_label_scores_match_brute_force(k, power, batch):
   train_y = sp.csr_matrix((rng.random((30, 7)) < 0.3).astype(np.float32))
   x = sp.csr_matrix(rng.poisson(0.4, (10, 20)).astype(np.float32))
   got = knn.label_scores(formats.XMCData(train_x, train_y), x, k, power,
-                               batch_size=batch)
+                         batch_size=batch, dense_limit=dense_limit)
   np.testing.assert_allclose(got, _knn_reference(train_x, train_y, x, k,
                                                  power), rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="k=31"):
