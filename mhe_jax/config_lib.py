@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.refresh_every = 100  # unidec, joint lightdxml: steps between index rebuilds.
   c.head.logit_scale = 20.0   # Cosine similarity multiplier in the PSL losses.
   c.head.score_mix = 0.5      # unidec: dual-encoder weight (1 - it: classifier).
+  c.head.label_to_query = False  # unidec: symmetric dual-encoder PSL (+ label->query).
   c.head.label_features = "auto"  # unidec: names | mean | both | auto (names if any).
   c.head.label_feature_width = 32  # unidec: feature entries kept per label.
   c.head.label_hash_buckets = 4096  # unidec: hash buckets of name n-grams.

@@ -391,7 +391,8 @@ def _unidec(config, data: Dataset, rngs, mesh=None):
       data, input_size=rows.shape[1], idf=idf), rngs)
   return DualEncoderClassifier(
       encoder, data.input_keys, ids, values, score_mix=cfg.score_mix,
-      rngs=rngs, **_shortlist_kwargs(cfg, data.num_classes))
+      label_to_query=cfg.label_to_query, rngs=rngs,
+      **_shortlist_kwargs(cfg, data.num_classes))
 
 
 def _lightdxml(config, data: Dataset, rngs, mesh=None):

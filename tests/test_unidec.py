@@ -88,6 +88,50 @@ def test_in_batch_psl_matches_numpy():
   assert losses.psl is losses.pick_some_labels_loss
 
 
+def test_label_to_query_psl_matches_numpy():
+  # Transposed PSL: each label some valid example picked is a query over
+  # the valid examples; its picked examples are positives, non-holders
+  # negatives, other holders left out; mean over such labels.
+  rng = np.random.default_rng(1)
+  b, m = 7, 9
+  s = rng.standard_normal((b, m)).astype(np.float32) * 3
+  positives = rng.random((b, m)) < 0.3
+  picked = positives & (rng.random((b, m)) < 0.6)
+  where = np.array([True] * 6 + [False])
+  got = float(jax.jit(unidec.label_to_query_psl)(s, positives, picked, where))
+  per = []
+  for j in range(m):
+    holders = positives[:, j] & where
+    chosen = [i for i in range(b) if picked[i, j] and where[i]]
+    if not chosen:
+      continue
+    neg = where & ~holders
+    per.append(np.mean([np.log(np.exp(s[i, j]) + np.exp(s[neg, j]).sum())
+                        - s[i, j] for i in chosen]))
+  np.testing.assert_allclose(got, np.mean(per), rtol=1e-5)
+
+
+def test_in_batch_psl_adds_the_reverse_direction_per_table():
+  rng = np.random.default_rng(2)
+  num_labels, b, d = 20, 5, 4
+  q = rng.standard_normal((b, d)).astype(np.float32)
+  table = rng.standard_normal((num_labels, d)).astype(np.float32)
+  labels = np.array([[0, 3], [3, -1], [5, 7], [7, -1], [9, 0]], np.int32)
+  hard = rng.integers(0, num_labels, (b, 2)).astype(np.int32)
+  key = jax.random.key(0)
+  call = lambda flags: float(unidec.in_batch_psl(
+      q, labels, hard, key, 2, num_labels, (lambda m: table[m],) * 2, 5.0,
+      None, label_to_query=flags))
+  one_way = call(())
+  assert call((False, False)) == pytest.approx(one_way)
+  both = call((True, False))
+  assert both > one_way  # the reverse term of table 0 is positive
+  assert call((True, True)) == pytest.approx(one_way + 2 * (both - one_way),
+                                             rel=1e-5)
+  with pytest.raises(ValueError, match="1 entries for 2 tables"):
+    call((True,))
+
+
 def synthetic_config(method):
   config = config_lib.base_config()
   config.name = f"synthetic_{method}"
@@ -131,6 +175,10 @@ def learns(method, tmp_path, mesh_shape=(-1, 1), **head):
 def test_unidec_learns_synthetic_with_kmeans_index(tmp_path):
   # Synthetic data has no label names: label features are mean features.
   learns("unidec", tmp_path, index="kmeans", index_clusters=8, index_probe=4)
+
+
+def test_unidec_learns_synthetic_with_the_symmetric_loss(tmp_path):
+  learns("unidec", tmp_path, label_to_query=True)
 
 
 def test_unidec_checkpoint_holds_index_and_step(tmp_path):

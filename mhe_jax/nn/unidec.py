@@ -21,8 +21,9 @@ Maths (``^`` = L2-normalised, ``s`` = ``logit_scale``):
   positives (in-batch negatives) and the hard negatives. The loss is PSL
   (:func:`mhe_jax.ops.losses.psl`) on the dual-encoder scores
   ``s <q^, e^_m>`` plus PSL on the classifier scores ``s <q^, w^_m>``.
-  (The paper also has the label-to-query direction of the loss; it is not
-  implemented here.)
+  With ``label_to_query=True`` the dual-encoder term is symmetric, as in
+  the paper: each picked label also gets PSL over the batch's queries
+  (:func:`label_to_query_psl`).
 * Label index: a snapshot of ``v_l = score_mix * e^_l + (1 - score_mix) *
   w^_l`` and of ``e^_l``, rebuilt every ``refresh_every`` training steps
   inside the jitted step (``jax.lax.cond`` on a step counter held in the
@@ -194,16 +195,43 @@ def masked_mean(loss_b: jax.Array, where: ArrayLike | None) -> jax.Array:
   return jnp.where(where, loss_b, 0.).sum() / jnp.maximum(where.sum(), 1)
 
 
+def label_to_query_psl(s_bm: jax.Array, positives_bm: jax.Array,
+                       picked_bm: jax.Array,
+                       where: ArrayLike | None) -> jax.Array:
+  """PSL in the label -> query direction, mean over the picked labels.
+
+  Each candidate label m that some valid example picked is a query over the
+  batch's valid examples: its picked examples are the positives (one
+  softmax term each), the examples that do not hold m the negatives, and
+  other holders of m are left out (PSL's rule, transposed). Labels nobody
+  picked (hard negatives only) contribute nothing.
+  """
+  valid_b = (jnp.ones(s_bm.shape[0], bool) if where is None
+             else jnp.asarray(where, bool))
+  s_mb = jnp.where(valid_b[None, :], s_bm.T, _MASKED)
+  positives_mb = positives_bm.T & valid_b[None, :]
+  picked_mb = picked_bm.T & positives_mb
+  loss_m = losses.psl(s_mb, positives_mb, picked_mb)
+  has_m = picked_mb.any(axis=1)
+  return jnp.where(has_m, loss_m, 0.).sum() / jnp.maximum(has_m.sum(), 1)
+
+
 def in_batch_psl(q_bd: jax.Array, labels_bl: jax.Array, hard_bs: jax.Array,
                  rng: jax.Array, num_picked: int, num_labels: int,
                  tables: tuple[Callable[[jax.Array], jax.Array], ...],
-                 logit_scale: float, where: ArrayLike | None) -> jax.Array:
+                 logit_scale: float, where: ArrayLike | None,
+                 label_to_query: tuple[bool, ...] = ()) -> jax.Array:
   """Mean PSL over the batch for each label table, summed over tables.
 
   The candidates are the batch's picked positives and the hard negatives
   ``hard_bs`` (union, shared by all examples); ``tables`` map candidate ids
-  ``[M]`` (>= 0) to normalised vectors ``[M, d]``.
+  ``[M]`` (>= 0) to normalised vectors ``[M, d]``. Where
+  ``label_to_query[i]`` is true, table i's loss also gets
+  :func:`label_to_query_psl` on the same scores (UniDEC's symmetric loss).
   """
+  if len(label_to_query) not in (0, len(tables)):
+    raise ValueError(f"label_to_query has {len(label_to_query)} entries for "
+                     f"{len(tables)} tables")
   picked_bk = losses.pick_some_labels(labels_bl, num_picked, rng)
   size = min(num_labels, picked_bk.size + hard_bs.size)
   cand_m = shortlist.candidate_union(
@@ -212,11 +240,13 @@ def in_batch_psl(q_bd: jax.Array, labels_bl: jax.Array, hard_bs: jax.Array,
   picked_bm = shortlist.membership(cand_m, picked_bk)
   safe_m = jnp.maximum(cand_m, 0)
   total = 0.
-  for table in tables:
+  for i, table in enumerate(tables):
     s_bm = logit_scale * (q_bd @ table(safe_m).T)
     s_bm = jnp.where(cand_m >= 0, s_bm, _MASKED)
     total = total + masked_mean(
         losses.psl(s_bm, positives_bm, picked_bm), where)
+    if label_to_query and label_to_query[i]:
+      total = total + label_to_query_psl(s_bm, positives_bm, picked_bm, where)
   return total
 
 
@@ -240,6 +270,8 @@ class DualEncoderClassifier(nnx.Module):
     num_clusters: k-means clusters; 0: nearest power of two to sqrt(C).
     num_probe: k-means clusters searched per query.
     label_block: labels encoded at once when the index is rebuilt.
+    label_to_query: add the label -> query direction to the dual-encoder
+      PSL (the paper's symmetric loss).
     rngs: ``params`` for the classifier vectors.
   """
 
@@ -250,7 +282,7 @@ class DualEncoderClassifier(nnx.Module):
                logit_scale: float = 20.0, score_mix: float = 0.5,
                index: str = "exact", num_clusters: int = 0,
                num_probe: int = 8, label_block: int = 4096,
-               rngs: nnx.Rngs):
+               label_to_query: bool = False, rngs: nnx.Rngs):
     label_ids = np.asarray(label_ids, np.int32)
     label_values = np.asarray(label_values, np.float32)
     if label_ids.ndim != 2 or label_values.shape != label_ids.shape:
@@ -274,6 +306,7 @@ class DualEncoderClassifier(nnx.Module):
     self.logit_scale = float(logit_scale)
     self.score_mix = float(score_mix)
     self.label_block = int(label_block)
+    self.label_to_query = bool(label_to_query)
     self.label_ids = LabelFeatures(jnp.asarray(label_ids))
     self.label_values = LabelFeatures(jnp.asarray(label_values))
     dim = encoder.out_features
@@ -348,7 +381,8 @@ class DualEncoderClassifier(nnx.Module):
               lambda m: l2_normalize(self._classifier()[m]))
     return in_batch_psl(q_bd, labels_bl, hard_bs, rng, self.num_picked,
                         self.num_labels, tables, self.logit_scale,
-                        replicated(batch.get("mask")))
+                        replicated(batch.get("mask")),
+                        label_to_query=(self.label_to_query, False))
 
   def scores(self, q_bd: jax.Array, labels_bs: jax.Array) -> jax.Array:
     """Inference scores ``[B, S]`` of labels ``[B, S]`` (-1: -inf)."""
