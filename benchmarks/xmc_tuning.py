@@ -42,6 +42,10 @@ _BLEND = flags.DEFINE_bool(
     "over xmc_accuracy.KNN_GRID; logs the grid and the best setting (by "
     "validation P@1 + P@5), which xmc_accuracy.KNN_BLEND then holds.")
 
+_BLEND_GRID = flags.DEFINE_string(
+    "blend_grid", None, "--blend: a JSON object with lists 'k', 'power', "
+    "'weight' replacing xmc_accuracy.KNN_GRID (e.g. to look past its edge).")
+
 _CONFIG = flags.DEFINE_string("config", None, "Config module to start from.")
 _SET = flags.DEFINE_multi_string(
     "set", [], "KEY=VALUE override (VALUE a python literal), repeatable.")
@@ -146,7 +150,14 @@ def main(argv):
   blend = {}
   if _BLEND.value:
     run = xmc_accuracy.ensemble(config, range(_MEMBERS.value))
-    grid = xmc_accuracy.blend_grid(run)
+    settings = None
+    if _BLEND_GRID.value:
+      settings = json.loads(_BLEND_GRID.value)
+      if sorted(settings) != ["k", "power", "weight"]:
+        raise ValueError(f"--blend_grid needs exactly the keys k, power, "
+                         f"weight; got {sorted(settings)}")
+      overrides["blend_grid"] = settings
+    grid = xmc_accuracy.blend_grid(run, settings)
     best = xmc_accuracy.best_of_grid(grid)
     results = {**run.members[0], **best, "train_seconds": run.seconds}
     overrides["ensemble_members"] = _MEMBERS.value
