@@ -32,7 +32,10 @@ Script use (what xmc_accuracy.py and benchmarks/predict.py run):
 import json
 import os
 import pathlib
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -122,6 +125,66 @@ def time_predict(model, x_test: sp.csr_matrix, k: int, requests: int,
       "latency_p50_ms": float(np.percentile(ms, 50)),
       "latency_p99_ms": float(np.percentile(ms, 99)),
       "test_set_seconds": best, "requests": requests, "repeats": repeats}
+
+
+ENV_PYTHON = "MHE_PECOS_PYTHON"  # default of the benchmarks' --pecos_python
+
+
+def side_python(flag) -> str | None:
+  """A benchmark's --pecos_python ``flag`` value, or $MHE_PECOS_PYTHON.
+
+  The environment variable is also the answer before absl parsed the flags
+  (tests load the benchmarks as modules).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if flags.FLAGS.is_parsed():
+    return flag.value
+  return os.environ.get(ENV_PYTHON)
+
+
+def run_side(python: str, x_train, y_train, x_test, k: int,
+             requests: int | None = None, repeats: int | None = None,
+             env: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:
+  """Runs this file as a script under ``python`` (PECOS's own venv).
+
+  The matrices go there as .npz files in a temporary directory; with
+  ``requests`` and ``repeats`` the script also times inference
+  (:func:`time_predict`).
+
+  Returns:
+    (int32 [N, k] top-k labels, -1 padded; the script's timing.json).
+
+  Raises:
+    FileNotFoundError: ``python`` is not an executable.
+    RuntimeError: the script failed (its stderr tail) or returned a top-k of
+      the wrong shape.
+  """
+  if shutil.which(python) is None:
+    raise FileNotFoundError(f"--pecos_python={python}: no such executable")
+  script = pathlib.Path(__file__).resolve()
+  timed = [] if requests is None else [str(requests), str(repeats)]
+  with tempfile.TemporaryDirectory() as tmp:
+    workdir = pathlib.Path(tmp)
+    sp.save_npz(workdir / "x_train.npz", sp.csr_matrix(x_train))
+    sp.save_npz(workdir / "y_train.npz", sp.csr_matrix(y_train))
+    sp.save_npz(workdir / "x_test.npz", sp.csr_matrix(x_test))
+    done = subprocess.run([python, str(script), str(workdir), str(k)] + timed,
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+      raise RuntimeError(f"--pecos_python={python} {script} failed "
+                         f"({done.returncode}):\n{done.stderr[-2000:]}")
+    timing = json.loads((workdir / "timing.json").read_text())
+    topk = np.load(workdir / "topk.npy")
+  if topk.shape != (x_test.shape[0], k):
+    raise RuntimeError(f"--pecos_python={python}: topk.npy has shape "
+                       f"{topk.shape}, want {(x_test.shape[0], k)}")
+  return topk, timing
+
+
+def describe_side(python: str, timing: dict) -> str:
+  """``python (libpecos 1.2.8, numpy ..., scipy ...)`` for a result row."""
+  versions = ", ".join(f"{k} {v}" for k, v in timing["versions"].items())
+  return f"{python} ({versions})"
 
 
 def main(argv):

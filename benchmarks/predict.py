@@ -51,8 +51,6 @@ import json
 import os
 import pathlib
 import platform
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,7 +60,6 @@ from absl import flags
 from absl import logging
 import jax
 import numpy as np
-import scipy.sparse as sp
 
 import mhe_jax
 from mhe_jax import metrics as metrics_lib
@@ -87,7 +84,7 @@ _PEER_MODELS = flags.DEFINE_list(
     f"Peers timed when --peers: some of {', '.join(PEER_MODELS)}. With "
     "--heads= and --synthetic=false a run times only these.")
 _PECOS_PYTHON = flags.DEFINE_string(
-    "pecos_python", os.environ.get("MHE_PECOS_PYTHON"),
+    "pecos_python", os.environ.get(pecos_peer.ENV_PYTHON),
     "A python interpreter (its own venv, numpy<2) that has libpecos; "
     "benchmarks/pecos_peer.py fits and times PECOS XR-Linear there. Default "
     "$MHE_PECOS_PYTHON; unset: the PECOS row is 'not measured'.")
@@ -193,9 +190,7 @@ def _quiet_stderr():
 
 def pecos_python() -> str | None:
   """--pecos_python (default $MHE_PECOS_PYTHON), also before flags parse."""
-  if flags.FLAGS.is_parsed():
-    return _PECOS_PYTHON.value
-  return os.environ.get("MHE_PECOS_PYTHON")
+  return pecos_peer.side_python(_PECOS_PYTHON)
 
 
 def pecos_not_measured(num_classes: int) -> dict:
@@ -238,36 +233,17 @@ def bench_pecos(train_data: formats.XMCData, test: formats.XMCData,
     FileNotFoundError: when ``python`` is not an executable.
     RuntimeError: when pecos_peer.py fails under ``python`` (its stderr tail).
   """
-  if shutil.which(python) is None:
-    raise FileNotFoundError(f"--pecos_python={python}: no such executable")
-  script = pathlib.Path(__file__).with_name("pecos_peer.py")
-  with tempfile.TemporaryDirectory() as tmp:
-    workdir = pathlib.Path(tmp)
-    sp.save_npz(workdir / "x_train.npz", sp.csr_matrix(train_data.X))
-    sp.save_npz(workdir / "y_train.npz", sp.csr_matrix(train_data.Y))
-    sp.save_npz(workdir / "x_test.npz", sp.csr_matrix(test.X))
-    env = dict(os.environ)
-    if omp_wait_policy:
-      env["OMP_WAIT_POLICY"] = omp_wait_policy
-    done = subprocess.run([python, str(script), str(workdir), str(k),
-                           str(requests), str(repeats)], env=env,
-                          capture_output=True, text=True, check=False)
-    if done.returncode:
-      raise RuntimeError(f"--pecos_python={python} {script} failed "
-                         f"({done.returncode}):\n{done.stderr[-2000:]}")
-    timing = json.loads((workdir / "timing.json").read_text())
-    topk = np.load(workdir / "topk.npy")
-  n = test.X.shape[0]
-  if topk.shape != (n, k):
-    raise RuntimeError(f"--pecos_python={python}: topk.npy has shape "
-                       f"{topk.shape}, want {(n, k)}")
-  versions = ", ".join(f"{name} {v}" for name, v in timing["versions"].items())
+  env = dict(os.environ)
+  if omp_wait_policy:
+    env["OMP_WAIT_POLICY"] = omp_wait_policy
+  topk, timing = pecos_peer.run_side(python, train_data.X, train_data.Y,
+                                     test.X, k, requests, repeats, env=env)
   row = {**_peer_row("PECOS XR-Linear", test, timing["latency_p50_ms"],
                      timing["latency_p99_ms"], timing["test_set_seconds"],
                      topk.astype(np.int64), timing["fit_seconds"]),
          "settings": (f"{pecos_peer.SETTINGS}; raw features; requests "
                       f"predict(x[i:i+1], only_topk={k})"),
-         "python": f"{python} ({versions})",
+         "python": pecos_peer.describe_side(python, timing),
          "omp_wait_policy": timing.get("omp_wait_policy")}
   logging.info("%s", row)
   return row

@@ -48,7 +48,6 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +57,6 @@ from absl import app
 from absl import flags
 import ml_collections
 import numpy as np
-import scipy.sparse as sp
 
 from mhe_jax import config_lib
 from mhe_jax import knn as knn_lib
@@ -122,7 +120,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None,
 _ENSEMBLE = flags.DEFINE_integer(
     "ensemble", 5, "best_ensemble: models (seeds) averaged.")
 _PECOS_PYTHON = flags.DEFINE_string(
-    "pecos_python", os.environ.get("MHE_PECOS_PYTHON"),
+    "pecos_python", os.environ.get(pecos_peer.ENV_PYTHON),
     "pecos_xr_linear: a python interpreter (its own venv, numpy<2) that has "
     "libpecos; benchmarks/pecos_peer.py runs there. Default "
     "$MHE_PECOS_PYTHON; unset: pecos must import here.")
@@ -213,30 +211,17 @@ def _omikuji(x_tr, train, x_te, workdir):
 
 def pecos_python() -> str | None:
   """--pecos_python (default $MHE_PECOS_PYTHON), also before flags parse."""
-  if flags.FLAGS.is_parsed():
-    return _PECOS_PYTHON.value
-  return os.environ.get("MHE_PECOS_PYTHON")
+  return pecos_peer.side_python(_PECOS_PYTHON)
 
 
 def _pecos(x_tr, train, x_te, workdir):
   """PECOS XR-Linear (benchmarks/pecos_peer.py), in-process or --pecos_python."""
+  del workdir
   python = pecos_python()
   if python:
-    sp.save_npz(workdir / "x_train.npz", x_tr)
-    sp.save_npz(workdir / "y_train.npz", sp.csr_matrix(train.Y))
-    sp.save_npz(workdir / "x_test.npz", x_te)
-    script = pathlib.Path(__file__).with_name("pecos_peer.py")
-    done = subprocess.run([python, str(script), str(workdir),
-                           str(max(KS))], capture_output=True, text=True,
-                          check=False)
-    if done.returncode:
-      raise RuntimeError(f"--pecos_python={python} {script} "
-                         f"failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    timing = json.loads((workdir / "timing.json").read_text())
-    topk = np.load(workdir / "topk.npy")
+    topk, timing = pecos_peer.run_side(python, x_tr, train.Y, x_te, max(KS))
     fit_s, predict_s = timing["fit_seconds"], timing["predict_seconds"]
-    versions = ", ".join(f"{k} {v}" for k, v in timing["versions"].items())
-    where = f"; run by {python} ({versions})"
+    where = f"; run by {pecos_peer.describe_side(python, timing)}"
   else:
     topk, fit_s, predict_s = pecos_peer.train_predict(x_tr, train.Y, x_te,
                                                       max(KS))
