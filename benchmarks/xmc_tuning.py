@@ -27,6 +27,7 @@ import tempfile
 from absl import app
 from absl import flags
 
+from mhe_jax import config_lib
 import xmc_accuracy  # benchmarks/ is on the path when run as a script
 
 _PEER = flags.DEFINE_string(
@@ -68,18 +69,6 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), ast.literal_eval(value)
   except (ValueError, SyntaxError):
     return key.strip(), value  # a bare string such as adamw
-
-
-def apply_overrides(config, overrides: dict[str, object]):
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise ValueError(f"--set {key}: unknown config key {leaf!r}")
-    node[leaf] = value
-  return config
 
 
 def markdown(trials: list[dict]) -> str:
@@ -142,8 +131,9 @@ def main(argv):
     return
   from mhe_jax import train  # pylint: disable=g-import-not-at-top
   overrides = dict(parse_override(s) for s in _SET.value)
-  config = apply_overrides(
-      xmc_accuracy.load_config(pathlib.Path(_CONFIG.value), None), overrides)
+  config = config_lib.override(
+      xmc_accuracy.load_config(pathlib.Path(_CONFIG.value), None), overrides,
+      where=f"--set of {_CONFIG.value}")
   config.data.validation_fraction = _VALIDATION.value
   config.checkpoint_every = 0
   curve = []
