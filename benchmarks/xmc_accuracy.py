@@ -164,6 +164,13 @@ def score_topk(topk: list[list[int]] | np.ndarray, true_labels: np.ndarray,
   return acc.compute()
 
 
+def score_dense(scores: np.ndarray, true_labels: np.ndarray,
+                label_counts: np.ndarray, num_train: int) -> dict[str, float]:
+  """:func:`score_topk` of the top-5 of dense ``[N, C]`` scores (ties: smaller label)."""
+  top = np.argsort(-scores, axis=1, kind="stable")[:, :max(KS)]
+  return score_topk(top, true_labels, label_counts, num_train)
+
+
 def score(train: formats.XMCData, test: formats.XMCData,
           topk: list[list[int]]) -> dict[str, float]:
   """:func:`score_topk` of predictions for ``test`` after training on ``train``."""
@@ -317,6 +324,11 @@ class Ensemble(NamedTuple):
   eval: formats.XMCData      # the rows scored (test, or the validation tail)
   label_counts: np.ndarray   # [C] training label frequencies (PSP)
 
+  def score(self, scores: np.ndarray) -> dict[str, float]:
+    """Metrics of dense ``[N, C]`` scores of the eval rows (:func:`score_dense`)."""
+    return score_dense(scores, self.labels, self.label_counts,
+                       self.train.num_examples)
+
 
 def ensemble(config, seeds) -> Ensemble:
   """Trains ``config`` once per seed; scores the sum of the head scores.
@@ -345,9 +357,8 @@ def ensemble(config, seeds) -> Ensemble:
     total = scores if total is None else total + scores
     member_probs = 1.0 / (1.0 + np.exp(-scores))
     probs = member_probs if probs is None else probs + member_probs
-  top = np.argsort(-total, axis=1, kind="stable")[:, :max(KS)]
-  metrics = score_topk(top, labels, trainer.data.label_counts,
-                       trainer.data.num_train)
+  metrics = score_dense(total, labels, trainer.data.label_counts,
+                        trainer.data.num_train)
   return Ensemble(metrics, seconds, members, probs / len(members), labels,
                   trainer.data.train.data, trainer.data.eval.data,
                   trainer.data.label_counts)
@@ -357,15 +368,14 @@ def ensemble(config, seeds) -> Ensemble:
 def blend_grid(run: Ensemble, grid: dict = None) -> list[dict]:
   """P@1/3/5 of every (k, power, weight) of ``grid`` on ``run``'s eval rows."""
   grid = grid or KNN_GRID
+  # One search for the largest k: its first k columns are the k nearest.
+  sims, ids = knn_lib.neighbours(run.train, run.eval.X, max(grid["k"]))
   out = []
   for k in grid["k"]:
     for power in grid["power"]:
-      votes = knn_lib.label_scores(run.train, run.eval.X, k, power)
+      votes = knn_lib.votes((sims[:, :k], ids[:, :k]), run.train.Y, power)
       for weight in grid["weight"]:
-        top = np.argsort(-knn_lib.blend(run.probs, votes, weight), axis=1,
-                         kind="stable")[:, :max(KS)]
-        m = score_topk(top, run.labels, run.label_counts,
-                       run.train.num_examples)
+        m = run.score(knn_lib.blend(run.probs, votes, weight))
         out.append({"k": k, "power": power, "weight": weight,
                     **{key: m[key] for key in ("P@1", "P@3", "P@5")}})
   return out
@@ -408,9 +418,6 @@ def run_ensemble(dataset: str) -> list[dict]:
     votes = knn_lib.label_scores(run.train, run.eval.X, setting["k"],
                                  setting["power"])
     knn_s = time.perf_counter() - t0
-    top = np.argsort(-knn_lib.blend(run.probs, votes, setting["weight"]),
-                     axis=1,
-                     kind="stable")[:, :max(KS)]
     rows.append({
         "dataset": dataset, "method": "best_ensemble_knn", "kind": "mhe_jax",
         "config": name,
@@ -421,8 +428,7 @@ def run_ensemble(dataset: str) -> list[dict]:
                     "(benchmarks/xmc_tuning.py --blend)",
         "knn": setting, "knn_seconds": knn_s,
         "train_seconds": run.seconds, "members": members,
-        **score_topk(top, run.labels, run.label_counts,
-                     run.train.num_examples)})
+        **run.score(knn_lib.blend(run.probs, votes, setting["weight"]))})
   return rows
 
 

@@ -11,6 +11,9 @@ ensembles; README "Results" has the figures.
   votes = knn.label_scores(train, test.X, k=50, power=8)       # [N, C]
   scores = knn.blend(probs, votes, weight=0.4)                  # rank these
 
+``label_scores`` is :func:`votes` of :func:`neighbours`; a search for the
+largest k of a grid serves every smaller k (its first columns).
+
 The neighbour search is exact, jitted over fixed-size query batches: the
 dense ``[n_train, F]`` tf-idf keys through
 :func:`mhe_jax.ops.shortlist.exact_search` when they are small, else sparse
@@ -43,28 +46,27 @@ def tfidf(train_x: sp.spmatrix, x: sp.spmatrix) -> sp.csr_matrix:
                        dtype=np.float32)
 
 
-def label_scores(train: formats.XMCData, x: sp.spmatrix, k: int,
-                 power: float = 1.0, batch_size: int = 1024,
-                 dense_limit: int = 2**27) -> np.ndarray:
-  """Label votes of the ``k`` nearest training rows, float32 ``[N, C]``.
+def neighbours(train: formats.XMCData, x: sp.spmatrix, k: int,
+               batch_size: int = 1024,
+               dense_limit: int = 2**27) -> tuple[np.ndarray, np.ndarray]:
+  """The ``k`` training rows most cosine-similar to each query row.
 
   Args:
-    train: the training rows (features ``X``, labels ``Y``).
+    train: the training rows (features ``X``; ``Y`` unused here).
     x: ``[N, F]`` query features (raw, like ``train.X``).
     k: neighbours, ``1 <= k <= train.num_examples``.
-    power: neighbour j of query i votes ``max(sim_ij, 0) ** power`` for each
-      of its labels; votes are divided by their row sum, so a label held by
-      every neighbour scores 1 (a query with no similar row scores 0).
     batch_size: queries searched at once (one compiled shape).
     dense_limit: up to this many ``n_train * F`` entries the tf-idf keys are
       held dense and searched by :func:`mhe_jax.ops.shortlist.exact_search`;
       above it (wide vocabularies) they stay sparse, each batch's
       ``[batch, n_train]`` similarities come from a sparse product and
-      ``jax.lax.top_k`` picks the neighbours (ties: smaller row first, as
-      exact_search), so no dense ``[n_train, F]`` matrix is ever built.
+      ``jax.lax.top_k`` picks the neighbours, so no dense ``[n_train, F]``
+      matrix is ever built.
 
   Returns:
-    float32 ``[N, C]`` votes in ``[0, 1]``.
+    ``(sims [N, k] float32, ids [N, k] int32)``, similarity descending, ties
+    by smaller training row; so the first ``j`` columns are the
+    ``neighbours(..., j)`` of the same query.
   """
   if not 1 <= k <= train.num_examples:
     raise ValueError(f"k={k} must be in [1, {train.num_examples}] (the "
@@ -85,20 +87,46 @@ def label_scores(train: formats.XMCData, x: sp.spmatrix, k: int,
     keys_t = sp.csc_matrix(keys.T)
     search = jax.jit(lambda sims: jax.lax.top_k(sims, k))
     block = lambda q: (q @ keys_t).toarray()
-  y = sp.csr_matrix(train.Y, dtype=np.float32)
-  out = np.zeros((x.shape[0], train.num_labels), np.float32)
+  sims = np.zeros((x.shape[0], k), np.float32)
+  ids = np.zeros((x.shape[0], k), np.int32)
   for a in range(0, x.shape[0], batch_size):
     q = block(queries[a:a + batch_size])
     rows = len(q)
     if rows < batch_size:
       q = np.pad(q, ((0, batch_size - rows), (0, 0)))
-    sims, ids = (np.asarray(v)[:rows] for v in search(q))
-    votes = np.maximum(sims, 0.0) ** power
-    votes /= np.maximum(votes.sum(axis=1, keepdims=True), 1e-12)
-    w = sp.csr_matrix((votes.ravel(), ids.ravel(), np.arange(rows + 1) * k),
-                      shape=(rows, train.num_examples))
-    out[a:a + rows] = (w @ y).toarray()
-  return out
+    s, i = search(q)
+    sims[a:a + rows], ids[a:a + rows] = np.asarray(s)[:rows], np.asarray(i)[:rows]
+  return sims, ids
+
+
+def votes(nearest: tuple[np.ndarray, np.ndarray], train_y: sp.spmatrix,
+          power: float = 1.0) -> np.ndarray:
+  """Label votes, float32 ``[N, C]`` in ``[0, 1]``, of :func:`neighbours`.
+
+  Neighbour j of query i votes ``max(sim_ij, 0) ** power`` for each of its
+  labels (rows of ``train_y``); votes are divided by their row sum, so a
+  label held by every neighbour scores 1 (a query with no similar row
+  scores 0).
+  """
+  sims, ids = nearest
+  n, k = ids.shape
+  weights = np.maximum(sims, 0.0) ** power
+  weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+  w = sp.csr_matrix((weights.ravel(), ids.ravel(), np.arange(n + 1) * k),
+                    shape=(n, train_y.shape[0]))
+  return (w @ sp.csr_matrix(train_y, dtype=np.float32)).toarray().astype(
+      np.float32)
+
+
+def label_scores(train: formats.XMCData, x: sp.spmatrix, k: int,
+                 power: float = 1.0, batch_size: int = 1024,
+                 dense_limit: int = 2**27) -> np.ndarray:
+  """Label votes of the ``k`` nearest training rows, float32 ``[N, C]``.
+
+  :func:`votes` of :func:`neighbours` (see both for the arguments).
+  """
+  return votes(neighbours(train, x, k, batch_size, dense_limit), train.Y,
+               power)
 
 
 def blend(probs: np.ndarray, votes: np.ndarray, weight: float) -> np.ndarray:

@@ -72,3 +72,25 @@ def test_label_scores_rejects_a_feature_mismatch():
                           sp.csr_matrix(np.eye(3, dtype=np.float32)))
   with pytest.raises(ValueError, match="5 features"):
     knn.label_scores(train, sp.csr_matrix(np.ones((2, 5), np.float32)), 1)
+
+
+@pytest.mark.parametrize("dense_limit", [2**27, 0])
+def test_the_first_columns_of_more_neighbours_are_the_fewer(dense_limit):
+  # benchmarks/xmc_accuracy.blend_grid searches once for its largest k and
+  # slices: that must equal searching for each k (ties broken alike).
+  rng = np.random.default_rng(5)
+  train = formats.XMCData(
+      sp.csr_matrix(rng.poisson(0.3, (40, 12)).astype(np.float32)),
+      sp.csr_matrix((rng.random((40, 6)) < 0.3).astype(np.float32)))
+  x = sp.csr_matrix(rng.poisson(0.3, (9, 12)).astype(np.float32))
+  sims, ids = knn.neighbours(train, x, 25, batch_size=4,
+                             dense_limit=dense_limit)
+  for k in (1, 7, 24):
+    want_sims, want_ids = knn.neighbours(train, x, k, batch_size=4,
+                                         dense_limit=dense_limit)
+    np.testing.assert_array_equal(ids[:, :k], want_ids)
+    np.testing.assert_array_equal(sims[:, :k], want_sims)
+    np.testing.assert_array_equal(
+        knn.votes((sims[:, :k], ids[:, :k]), train.Y, 2),
+        knn.label_scores(train, x, k, 2, batch_size=4,
+                         dense_limit=dense_limit))
