@@ -212,9 +212,8 @@ def label_to_query_psl(s_bm: jax.Array, positives_bm: jax.Array,
   s_mb = jnp.where(valid_b[None, :], s_bm.T, _MASKED)
   positives_mb = positives_bm.T & valid_b[None, :]
   picked_mb = picked_bm.T & positives_mb
-  loss_m = losses.psl(s_mb, positives_mb, picked_mb)
-  has_m = picked_mb.any(axis=1)
-  return jnp.where(has_m, loss_m, 0.).sum() / jnp.maximum(has_m.sum(), 1)
+  return masked_mean(losses.psl(s_mb, positives_mb, picked_mb),
+                     picked_mb.any(axis=1))
 
 
 def in_batch_psl(q_bd: jax.Array, labels_bl: jax.Array, hard_bs: jax.Array,
