@@ -41,6 +41,8 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+import peer_timing  # this directory: sys.path[0] as a script, else the benchmarks'
+
 SETTINGS = ("libpecos XLinearModel.train defaults: PIFA label embedding, "
             "hierarchical spherical k-means indexer (16 splits, leaves <= 100 "
             "labels), L2R_L2LOSS_SVC_DUAL, C=1, eps 0.1, weights threshold "
@@ -107,23 +109,13 @@ def time_predict(model, x_test: sp.csr_matrix, k: int, requests: int,
   if repeats < 1:
     raise ValueError(f"repeats={repeats}: need at least one repeat")
   x_test = sp.csr_matrix(x_test, dtype=np.float32)
-  n = x_test.shape[0]
-  model.predict(x_test[0:1], only_topk=k)  # warm-up
-  times = []
-  for r in range(requests):
-    i = r % n
-    t0 = time.perf_counter()
-    model.predict(x_test[i:i + 1], only_topk=k)
-    times.append(time.perf_counter() - t0)
-  ms = np.asarray(times) * 1e3
-  best, scores = float("inf"), None
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    scores = model.predict(x_test, only_topk=k)
-    best = min(best, time.perf_counter() - t0)
+  p50, p99 = peer_timing.time_requests(
+      lambda i: model.predict(x_test[i:i + 1], only_topk=k), x_test.shape[0],
+      requests)
+  best, scores = peer_timing.time_batch(
+      lambda: model.predict(x_test, only_topk=k), repeats)
   return topk_labels(scores, k), {
-      "latency_p50_ms": float(np.percentile(ms, 50)),
-      "latency_p99_ms": float(np.percentile(ms, 99)),
+      "latency_p50_ms": p50, "latency_p99_ms": p99,
       "test_set_seconds": best, "requests": requests, "repeats": repeats}
 
 

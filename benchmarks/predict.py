@@ -69,6 +69,7 @@ from mhe_jax.data import formats
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import pecos_peer  # pylint: disable=g-import-not-at-top,wrong-import-position
+import peer_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PEER_MODELS = ("napkinxc_plt", "omikuji", "pecos_xr_linear")
@@ -129,27 +130,6 @@ def _precision(labels_nk, data: formats.XMCData) -> dict[str, float]:
   return {"P@1": out["P@1"], "P@5": out["P@5"]}
 
 
-def _time_requests(predict_one, num_rows: int, requests: int):
-  """p50/p99 ms of ``predict_one(i)`` over rows 0..requests-1 (cycled)."""
-  predict_one(0)
-  times = []
-  for i in range(requests):
-    t0 = time.perf_counter()
-    predict_one(i % num_rows)
-    times.append(time.perf_counter() - t0)
-  ms = np.asarray(times) * 1e3
-  return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-
-
-def _time_batch(predict_all, repeats: int) -> tuple[float, object]:
-  best, out = float("inf"), None
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = predict_all()
-    best = min(best, time.perf_counter() - t0)
-  return best, out
-
-
 def bench_mhe(name: str, workdir: pathlib.Path, test: formats.XMCData,
               results: dict, requests: int) -> dict:
   k = _K.value
@@ -158,9 +138,9 @@ def bench_mhe(name: str, workdir: pathlib.Path, test: formats.XMCData,
   predictor.warmup(k)
   warmup_s = time.perf_counter() - t0
   X = test.X
-  p50, p99 = _time_requests(lambda i: predictor.predict(X[i:i + 1], k),
+  p50, p99 = peer_timing.time_requests(lambda i: predictor.predict(X[i:i + 1], k),
                             X.shape[0], requests)
-  seconds, pred = _time_batch(lambda: predictor.predict(X, k), _REPEATS.value)
+  seconds, pred = peer_timing.time_batch(lambda: predictor.predict(X, k), _REPEATS.value)
   row = {
       "model": name, "num_classes": predictor.num_classes,
       "latency_p50_ms": p50, "latency_p99_ms": p99,
@@ -294,9 +274,9 @@ def _bench_napkinxc(train_data: formats.XMCData, test: formats.XMCData,
     t0 = time.perf_counter()
     plt.fit(train_data.X, y_lists)
     train_s = time.perf_counter() - t0
-    p50, p99 = _time_requests(lambda i: plt.predict(X[i:i + 1], top_k=k),
+    p50, p99 = peer_timing.time_requests(lambda i: plt.predict(X[i:i + 1], top_k=k),
                               X.shape[0], requests)
-    seconds, pred = _time_batch(lambda: plt.predict(X, top_k=k),
+    seconds, pred = peer_timing.time_batch(lambda: plt.predict(X, top_k=k),
                                 _REPEATS.value)
     labels = np.full((X.shape[0], k), -1, np.int64)
     for i, r in enumerate(pred):
@@ -319,13 +299,13 @@ def _bench_omikuji(test: formats.XMCData, data_dir: pathlib.Path, k: int,
   pairs = [list(zip(X.indices[X.indptr[i]:X.indptr[i + 1]].tolist(),
                     X.data[X.indptr[i]:X.indptr[i + 1]].tolist()))
            for i in range(X.shape[0])]
-  p50, p99 = _time_requests(lambda i: model.predict(pairs[i], top_k=k),
+  p50, p99 = peer_timing.time_requests(lambda i: model.predict(pairs[i], top_k=k),
                             X.shape[0], requests)
 
   def predict_all():
     return [model.predict(p, top_k=k) for p in pairs]
 
-  seconds, pred = _time_batch(predict_all, _REPEATS.value)
+  seconds, pred = peer_timing.time_batch(predict_all, _REPEATS.value)
   labels = np.full((X.shape[0], k), -1, np.int64)
   for i, r in enumerate(pred):
     labels[i, :len(r)] = [l for l, _ in r[:k]]
