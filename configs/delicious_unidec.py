@@ -24,17 +24,17 @@ Tuning:    on --config.data.validation_fraction=0.2 only (P@1/P@3/P@5):
 Arguments: ``--config=configs/delicious_unidec.py:runlocal`` shrinks it to seconds.
 """
 
+import pathlib
+
 from mhe_jax import config_lib
 
 
 def get_config(arg: str | None = None):
-  config = config_lib.base_config()
+  # Data, encoder and runlocal are delicious_vanilla's; the head and the
+  # number of steps differ.
+  config = config_lib.from_file(
+      pathlib.Path(__file__).with_name("delicious_vanilla.py"), arg)
   config.name = "delicious_unidec"
-  config.data.name = "delicious"
-  config.encoder.type = "sparse_mlp"
-  config.encoder.embed_dim = 512
-  config.encoder.hidden = (512,)
-  config.encoder.dropout = 0.2
   config.head.type = "unidec"
   config.head.num_picked = 3
   config.head.num_hard_negatives = 16
@@ -43,12 +43,6 @@ def get_config(arg: str | None = None):
   config.head.logit_scale = 20.0
   config.head.score_mix = 0.5
   config.head.label_features = "auto"
-  config.batch_size = 256
-  config.eval_batch_size = 512
-  config.num_train_steps = 300
-  config.log_every = 100
-  config.checkpoint_every = 0
-  config.optimizer.learning_rate = 2e-3
-  if arg == "runlocal":
-    config.num_train_steps = 20
+  if arg != "runlocal":  # runlocal keeps delicious_vanilla's 20 steps
+    config.num_train_steps = 300
   return config
