@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.beam = 16            # mhc: prefixes kept per level.
   c.head.hidden = 64          # mhc: prefix embedding / projection width.
   c.head.num_sampled_groups = 64  # mhs: groups (of r_2.. classes) per step.
-  c.head.multilabel_loss = "bce"  # mhp multi-label loss: bce | softmax.
+  c.head.multilabel_loss = "bce"  # vanilla/mhp multi-label loss: bce | softmax.
   c.head.chunk_size = 0       # vanilla: class chunk; 0 -> the head's default.
   # unidec / lightdxml (mhe_jax.nn.unidec, mhe_jax.nn.lightdxml): shortlists.
   c.head.num_picked = 3       # Positives picked per example per step (PSL k).

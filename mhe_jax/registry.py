@@ -315,8 +315,9 @@ def _vanilla(cfg, in_features, data: Dataset, rngs, mesh=None):
   if cfg.chunk_size:
     kw["chunk_size"] = cfg.chunk_size
   return heads.VanillaHead(in_features, data.num_classes,
-                           multilabel=data.multilabel, mesh=mesh, rngs=rngs,
-                           **kw)
+                           multilabel=data.multilabel,
+                           multilabel_loss=cfg.multilabel_loss, mesh=mesh,
+                           rngs=rngs, **kw)
 
 
 def _mhp(cfg, in_features, data: Dataset, rngs, mesh=None):

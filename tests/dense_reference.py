@@ -39,3 +39,12 @@ def optax_bce(x, w, b, label_sets, where):
   targets = jax.nn.one_hot(label_sets, w.shape[1]).max(1)  # -1 -> zeros
   loss = optax.sigmoid_binary_cross_entropy(x @ w + b, targets).sum(-1)
   return jnp.where(where, loss, 0.)
+
+
+def optax_softmax_sets(x, w, b, label_sets, where):
+  """Multi-label softmax: CE against the uniform distribution on the set."""
+  targets = jax.nn.one_hot(label_sets, w.shape[1]).max(1)  # -1 -> zeros
+  count = targets.sum(-1, keepdims=True)
+  loss = optax.softmax_cross_entropy(x @ w + b,
+                                     targets / jnp.maximum(count, 1.))
+  return jnp.where(where & (count[:, 0] > 0), loss, 0.)

@@ -8,7 +8,8 @@ functions where they can: compilation dominates these small problems.
 import functools
 
 import chex
-from dense_reference import B, optax_bce, optax_ce, random_problem
+from dense_reference import B, optax_bce, optax_ce, optax_softmax_sets
+from dense_reference import random_problem
 import jax
 import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -18,10 +19,11 @@ import pytest
 
 from mhe_jax.ops import chunked
 
-def losses_and_grads(ce_fn, bce_fn, x, w, b, labels, label_sets, where):
-  """Per-example CE and BCE, and the gradients of their sums."""
+def losses_and_grads(ce_fn, bce_fn, sets_fn, x, w, b, labels, label_sets,
+                     where):
+  """Per-example CE, BCE and label-set softmax CE, and their sums' gradients."""
   out = []
-  for fn, y in ((ce_fn, labels), (bce_fn, label_sets)):
+  for fn, y in ((ce_fn, labels), (bce_fn, label_sets), (sets_fn, label_sets)):
     loss_b, vjp = jax.vjp(lambda x, w, b: fn(x, w, b, y, where), x, w, b)
     out.append((loss_b, vjp(jnp.ones_like(loss_b))))
   return out
@@ -29,17 +31,17 @@ def losses_and_grads(ce_fn, bce_fn, x, w, b, labels, label_sets, where):
 
 @jax.jit
 def optax_losses_and_grads(*args):
-  return losses_and_grads(optax_ce, optax_bce, *args)
+  return losses_and_grads(optax_ce, optax_bce, optax_softmax_sets, *args)
 
 
 @functools.partial(jax.jit, static_argnames=("chunk_size", "num_classes"))
 def chunked_losses_and_grads(*args, chunk_size, num_classes=None):
   kw = dict(chunk_size=chunk_size, num_classes=num_classes)
+  ce = lambda *a: chunked.chunked_softmax_cross_entropy(
+      *a[:4], where=a[4], **kw)
   return losses_and_grads(
-      lambda *a: chunked.chunked_softmax_cross_entropy(
-          *a[:4], where=a[4], **kw),
-      lambda *a: chunked.chunked_sigmoid_binary_cross_entropy(
-          *a[:4], where=a[4], **kw), *args)
+      ce, lambda *a: chunked.chunked_sigmoid_binary_cross_entropy(
+          *a[:4], where=a[4], **kw), ce, *args)
 
 
 def assert_close(a, b, tol=1e-5):
@@ -51,9 +53,11 @@ def test_chunked_losses_equal_optax(chunk_size):
   problem = random_problem(0)
   ours = chunked_losses_and_grads(*problem, chunk_size=chunk_size)
   assert_close(ours, optax_losses_and_grads(*problem))
-  (ce_b, _), (bce_b, _) = ours
-  assert ce_b.shape == bce_b.shape == (B,) and ce_b.dtype == jnp.float32
+  (ce_b, _), (bce_b, _), (sets_b, _) = ours
+  assert ce_b.shape == bce_b.shape == sets_b.shape == (B,)
+  assert ce_b.dtype == sets_b.dtype == jnp.float32
   assert ce_b[1] == 0 and ce_b[0] == 0 and (ce_b >= 0).all()
+  assert sets_b[2] == 0 and sets_b[0] == 0 and (sets_b > 0).sum() == B - 4
 
 
 def test_check_grads():
@@ -63,14 +67,16 @@ def test_check_grads():
     x, w, b = (a.astype(jnp.float64) for a in (x, w, b))
 
     @jax.jit
-    def both(x, w, b):  # chunks of 3 + 3 + 1 classes
+    def losses(x, w, b):  # chunks of 3 + 3 + 1 classes
       return (chunked.chunked_softmax_cross_entropy(
           x, w, b, labels, chunk_size=3),
               chunked.chunked_sigmoid_binary_cross_entropy(
+          x, w, b, label_sets, chunk_size=3),
+              chunked.chunked_softmax_cross_entropy(
           x, w, b, label_sets, chunk_size=3))
 
-    assert both(x, w, b)[0].dtype == jnp.float64
-    check_grads(both, (x, w, b), order=1, modes=["rev"])
+    assert losses(x, w, b)[0].dtype == jnp.float64
+    check_grads(losses, (x, w, b), order=1, modes=["rev"])
 
 
 @pytest.mark.parametrize("chunk_size,k", [(4, 9), (7, 23), (None, 6)])
@@ -100,8 +106,11 @@ def test_argument_errors():
     chunked.chunked_top_k(x, w, b, 24)
   with pytest.raises(ValueError, match="shapes do not match"):
     chunked.chunked_top_k(x, w[1:], b, 2)
-  with pytest.raises(ValueError, match=r"single-label labels must be int"):
-    chunked.chunked_softmax_cross_entropy(x, w, b, label_sets)
+  with pytest.raises(ValueError,
+                     match=r"softmax CE labels must be int \[B\] or \[B, L\]"):
+    chunked.chunked_softmax_cross_entropy(x, w, b, label_sets[..., None])
+  with pytest.raises(ValueError, match=r"multi-label labels must be int"):
+    chunked.chunked_sigmoid_binary_cross_entropy(x, w, b, labels)
   with pytest.raises(ValueError, match="chunk_size"):
     chunked.chunked_softmax_cross_entropy(x, w, b, labels, chunk_size=0)
   mesh = jax.make_mesh((8,), ("classes",), axis_types=(AxisType.Explicit,))
@@ -141,6 +150,7 @@ def test_class_sharded_ops_with_replicated_parameters():
     ours = chunked_losses_and_grads(x_sharded, w, b, *rest, chunk_size=4)
     scores, labels = jax.jit(functools.partial(
         chunked.chunked_top_k, k=5, chunk_size=4))(x_sharded, w, b)
+  assert len(ours) == 3
   for _, (dx, dw, db) in ours:
     assert dx.sharding.spec == P("data", None)
     assert dw.sharding.spec == P(None, None) and db.sharding.spec == P(None)

@@ -1,9 +1,11 @@
 """The vanilla (full) classifier head: the baseline of every MHE comparison.
 
 One linear layer ``logits_bc = x_bd @ kernel_dc + bias_c`` over all ``C``
-classes, trained with softmax cross-entropy (single-label) or per-label
-sigmoid binary cross-entropy summed over the classes (multi-label; Liang et
-al., TPAMI 2024, Sec. 2 "vanilla classifier"). It is written the way a
+classes, trained with softmax cross-entropy (single-label) or, multi-label,
+per-label sigmoid binary cross-entropy summed over the classes (Liang et
+al., TPAMI 2024, Sec. 2 "vanilla classifier") or the multi-label softmax
+(cross-entropy against the uniform distribution over the example's labels;
+``multilabel_loss='softmax'``). It is written the way a
 performance-minded user would write it, so that comparisons with the
 multi-head heads are fair:
 
@@ -51,7 +53,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from flax import nnx
 import jax
@@ -74,13 +76,16 @@ class VanillaHead(nnx.Module):
     num_classes: ``C``, the number of classes.
     padded_classes: columns of the kernel, ``C`` rounded up to a multiple of
       the class-axis size (``C`` when not sharded or divisible).
-    multilabel: BCE over label sets instead of softmax CE.
+    multilabel: label sets instead of one label per example.
+    multilabel_loss: ``'bce'`` or ``'softmax'``, the loss on label sets.
     kernel: ``nnx.Param [in_features, padded_classes]``.
     bias: ``nnx.Param [padded_classes]``.
   """
 
   def __init__(self, in_features: int, num_classes: int, *,
-               multilabel: bool = False, chunk_size: int | None = None,
+               multilabel: bool = False,
+               multilabel_loss: Literal["bce", "softmax"] = "bce",
+               chunk_size: int | None = None,
                mesh: Mesh | AbstractMesh | None = None,
                class_axis: str = "classes",
                batch_axes: str | Sequence[str] | None = None,
@@ -93,9 +98,14 @@ class VanillaHead(nnx.Module):
     Args:
       in_features: ``d``, the feature size.
       num_classes: ``C >= 2``.
-      multilabel: labels are ``[B, L]`` -1 padded sets and the loss is
-        per-label sigmoid BCE; otherwise labels are ``[B]`` and the loss is
+      multilabel: labels are ``[B, L]`` -1 padded sets (loss:
+        ``multilabel_loss``); otherwise labels are ``[B]`` and the loss is
         softmax CE.
+      multilabel_loss: with ``multilabel``, ``'bce'`` (default): per-label
+        sigmoid BCE summed over the classes; ``'softmax'``: softmax CE
+        against the row's labels normalised to sum 1, ``logsumexp(z) -
+        mean_{label} z`` (0 for a row without labels). Both rank by the
+        logits.
       chunk_size: classes per chunk (per device when sharded). None: the
         measured default of :mod:`mhe_jax.ops.chunked` (dense block for small
         ``B * C``, else chunks of ``DEFAULT_CHUNK_SIZE``). An int: one dense
@@ -116,6 +126,9 @@ class VanillaHead(nnx.Module):
     if int(num_classes) != num_classes or num_classes < 2:
       raise ValueError(
           f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if multilabel_loss not in ("bce", "softmax"):
+      raise ValueError(f"multilabel_loss must be 'bce' or 'softmax', got "
+                       f"{multilabel_loss!r}")
     if int(in_features) != in_features or in_features < 1:
       raise ValueError(
           f"in_features must be a positive integer, got {in_features!r}")
@@ -126,6 +139,7 @@ class VanillaHead(nnx.Module):
     self.in_features = int(in_features)
     self.num_classes = int(num_classes)
     self.multilabel = bool(multilabel)
+    self.multilabel_loss = multilabel_loss
     self.chunk_size = None if chunk_size is None else int(chunk_size)
     self.mesh = mesh
     self.class_axis = class_axis
@@ -203,9 +217,10 @@ class VanillaHead(nnx.Module):
       where: optional bool ``[B]``; False excludes an example.
 
     Returns:
-      float32 scalar: the sum of per-example losses (softmax CE, or BCE summed
-      over the C classes) over valid examples, divided by their number (0
-      when there is none).
+      float32 scalar: the sum of per-example losses (softmax CE; multi-label:
+      BCE summed over the C classes or the label-set softmax CE) over valid
+      examples, divided by their number (0 when there is none; a valid
+      example without labels counts).
     """
     del rng
     x_bd = jnp.asarray(x_bd)
@@ -217,9 +232,11 @@ class VanillaHead(nnx.Module):
         raise ValueError(
             f"multilabel head: labels must be int [B, L], -1 padded; got "
             f"shape {labels.shape}")
-      loss_b = chunked.chunked_sigmoid_binary_cross_entropy(
-          x_bd, self.kernel[...], self.bias[...], labels, where=valid_b,
-          **self._op_kwargs())
+      loss_fn = (chunked.chunked_sigmoid_binary_cross_entropy
+                 if self.multilabel_loss == "bce" else
+                 chunked.chunked_softmax_cross_entropy)
+      loss_b = loss_fn(x_bd, self.kernel[...], self.bias[...], labels,
+                       where=valid_b, **self._op_kwargs())
     else:
       if labels.ndim != 1:
         raise ValueError(

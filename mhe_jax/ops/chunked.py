@@ -10,7 +10,9 @@ and dropped (the *vocabulary tiling* of large-vocabulary language models):
 * softmax cross-entropy keeps a running max and sum of exponentials (an online
   logsumexp) and the logit of the true class; a ``jax.custom_vjp`` backward
   recomputes each chunk's logits and accumulates ``dW``, ``db`` and ``dx``
-  from ``softmax(chunk) - onehot``, chunk by chunk.
+  from ``softmax(chunk) - onehot``, chunk by chunk. Given label sets it is
+  the multi-label softmax: the target is uniform over the row's labels (the
+  running sum and count of their logits replace the true-class logit).
 * sigmoid binary cross-entropy (multi-label) sums ``softplus(z) - y z`` over
   chunks and uses the analytic gradient ``sigmoid(z) - y`` (as Renee does); the
   targets ``y`` of a chunk are scattered from the -1 padded label lists, so no
@@ -206,10 +208,12 @@ def _explicit_batch_axes(x_bd, class_axis) -> tuple[str, ...]:
   return tuple(a for a in axes if a != class_axis)
 
 
-def _check_labels(labels, batch: int, ndim: int, what: str):
+def _check_labels(labels, batch: int, ndims: int | tuple[int, ...],
+                  what: str):
   labels = jnp.asarray(labels)
-  if labels.ndim != ndim or labels.shape[0] != batch:
-    shape = "[B]" if ndim == 1 else "[B, L]"
+  ndims = (ndims,) if isinstance(ndims, int) else ndims
+  if labels.ndim not in ndims or labels.shape[0] != batch:
+    shape = " or ".join("[B]" if n == 1 else "[B, L]" for n in ndims)
     raise ValueError(
         f"{what} labels must be int {shape} with B={batch}, got shape "
         f"{labels.shape}")
@@ -360,51 +364,72 @@ def _psum(x, axes):
   return jax.lax.psum(x, axes) if axes else x
 
 
-def _ce_fwd_local(layout: _Layout, x_bd, w_dc, b_c, labels_b):
-  """Per-example CE and logsumexp over this device's classes (+ collectives)."""
+def _hits(labels, ids_k, num_classes):
+  """bool ``[B, k]``: chunk class ``ids_k[j]`` is a (valid) label of row b.
+
+  ``labels`` is int ``[B]`` (one class, compared) or ``[B, L]`` (a -1 padded
+  set, scattered by :func:`_chunk_targets`; duplicates count once).
+  """
+  if labels.ndim == 2:
+    return _chunk_targets(labels, ids_k, num_classes)
+  return (ids_k[None, :] == labels[:, None]) & (ids_k < num_classes)[None, :]
+
+
+def _ce_fwd_local(layout: _Layout, x_bd, w_dc, b_c, labels):
+  """Per-example CE, logsumexp and label count over this device's classes.
+
+  CE against the uniform distribution over the row's labels: ``lse -
+  mean_{label} z``; 0 for a row without a valid label. One label per row
+  (``[B]``) is plain softmax CE.
+  """
   acc = _acc_dtype(x_bd, w_dc)
   vma = _vma(layout)
   batch = x_bd.shape[0]
 
   def step(carry, w_dk, b_k, ids_k):
-    max_b, sum_b, picked_b = carry
+    max_b, sum_b, picked_b, count_b = carry
     z_bk = _chunk_logits(layout, x_bd, w_dk, b_k, ids_k, acc)
     new_max_b = jnp.maximum(max_b, z_bk.max(-1))
     # All-masked so far: max is -inf; shift by 0 instead (sums stay 0).
     ref_b = jnp.where(jnp.isfinite(new_max_b), new_max_b, 0.)
     sum_b = sum_b * jnp.exp(max_b - ref_b) + jnp.exp(
         z_bk - ref_b[:, None]).sum(-1)
-    hit_bk = ids_k[None, :] == labels_b[:, None]
+    hit_bk = _hits(labels, ids_k, layout.num_classes)
     picked_b = picked_b + jnp.where(hit_bk, z_bk, 0.).sum(-1)
-    return new_max_b, sum_b, picked_b
+    count_b = count_b + hit_bk.sum(-1, dtype=acc)
+    return new_max_b, sum_b, picked_b, count_b
 
   init = (jnp.full((batch,), -jnp.inf, acc), jnp.zeros((batch,), acc),
-          jnp.zeros((batch,), acc))
-  max_b, sum_b, picked_b = _fold(step, _varying(init, vma), w_dc, b_c,
-                                 layout.chunk_size, _class_offset(layout))
+          jnp.zeros((batch,), acc), jnp.zeros((batch,), acc))
+  max_b, sum_b, picked_b, count_b = _fold(
+      step, _varying(init, vma), w_dc, b_c, layout.chunk_size,
+      _class_offset(layout))
   if layout.class_axis is not None:
     global_max_b = jax.lax.pmax(max_b, layout.class_axis)
     sum_b = jax.lax.psum(sum_b * jnp.exp(max_b - global_max_b),
                          layout.class_axis)
     picked_b = jax.lax.psum(picked_b, layout.class_axis)
+    count_b = jax.lax.psum(count_b, layout.class_axis)
     max_b = global_max_b
   lse_b = max_b + jnp.log(sum_b)
-  valid_b = (labels_b >= 0) & (labels_b < layout.num_classes)
-  return jnp.where(valid_b, lse_b - picked_b, 0.), lse_b
+  loss_b = jnp.where(count_b > 0, lse_b - picked_b / jnp.maximum(count_b, 1.),
+                     0.)
+  return loss_b, lse_b, count_b
 
 
-def _ce_bwd_local(layout: _Layout, x_bd, w_dc, b_c, labels_b, lse_b, g_b):
-  """Chunk by chunk: dz = g (softmax - onehot); returns dx, dW, db."""
+def _ce_bwd_local(layout: _Layout, x_bd, w_dc, b_c, labels, lse_b, count_b,
+                  g_b):
+  """Chunk by chunk: dz = g (softmax - labels / count); returns dx, dW, db."""
   acc = _acc_dtype(x_bd, w_dc)
   vma = _vma(layout)
-  valid_b = (labels_b >= 0) & (labels_b < layout.num_classes)
-  g_b = jnp.where(valid_b, g_b.astype(acc), 0.)
+  g_b = jnp.where(count_b > 0, g_b.astype(acc), 0.)
+  share_b = 1. / jnp.maximum(count_b, 1.)
 
   def step(dx_bd, w_dk, b_k, ids_k):
     z_bk = _chunk_logits(layout, x_bd, w_dk, b_k, ids_k, acc)
     p_bk = jnp.exp(z_bk - lse_b[:, None])
-    hit_bk = ids_k[None, :] == labels_b[:, None]
-    dz_bk = g_b[:, None] * (p_bk - hit_bk)
+    hit_bk = _hits(labels, ids_k, layout.num_classes)
+    dz_bk = g_b[:, None] * (p_bk - jnp.where(hit_bk, share_b[:, None], 0.))
     return _grads(layout, x_bd, w_dk, dx_bd, dz_bk, acc)
 
   dx_bd = _varying(jnp.zeros(x_bd.shape, acc), vma)
@@ -537,13 +562,19 @@ def _dense_logits(layout, x_bd, w_dc, b_c):
   return _chunk_logits(layout, x_bd, w_dc, b_c, ids_c, acc), ids_c
 
 
-def _ce_dense_local(layout: _Layout, x_bd, w_dc, b_c, labels_b):
+def _ce_dense_local(layout: _Layout, x_bd, w_dc, b_c, labels):
   """Plain CE on all (local) classes; differentiated by autodiff."""
-  z_bc, _ = _dense_logits(layout, x_bd, w_dc, b_c)
-  valid_b = (labels_b >= 0) & (labels_b < layout.num_classes)
-  picked_b = jnp.take_along_axis(
-      z_bc, jnp.where(valid_b, labels_b, 0)[:, None], axis=1)[:, 0]
-  return jnp.where(valid_b, jax.nn.logsumexp(z_bc, axis=-1) - picked_b, 0.)
+  z_bc, ids_c = _dense_logits(layout, x_bd, w_dc, b_c)
+  lse_b = jax.nn.logsumexp(z_bc, axis=-1)
+  if labels.ndim == 1:
+    valid_b = (labels >= 0) & (labels < layout.num_classes)
+    picked_b = jnp.take_along_axis(
+        z_bc, jnp.where(valid_b, labels, 0)[:, None], axis=1)[:, 0]
+    return jnp.where(valid_b, lse_b - picked_b, 0.)
+  y_bc = _chunk_targets(labels, ids_c, layout.num_classes)
+  count_b = y_bc.sum(-1, dtype=z_bc.dtype)
+  mean_b = jnp.where(y_bc, z_bc, 0.).sum(-1) / jnp.maximum(count_b, 1.)
+  return jnp.where(count_b > 0, lse_b - mean_b, 0.)
 
 
 def _bce_dense_local(layout: _Layout, x_bd, w_dc, b_c, labels_bl):
@@ -594,24 +625,30 @@ def _specs(layout: _Layout):
               b2=P(bat, None))
 
 
+def _label_spec(s, labels):
+  return s["b1"] if labels.ndim == 1 else s["b2"]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ce(layout, x_bd, w_dc, b_c, labels_b):
-  return _ce_fwd(layout, x_bd, w_dc, b_c, labels_b)[0]
+def _ce(layout, x_bd, w_dc, b_c, labels):
+  return _ce_fwd(layout, x_bd, w_dc, b_c, labels)[0]
 
 
-def _ce_fwd(layout, x_bd, w_dc, b_c, labels_b):
+def _ce_fwd(layout, x_bd, w_dc, b_c, labels):
   s = _specs(layout)
-  loss_b, lse_b = _run(layout, _ce_fwd_local,
-                       (s["x"], s["w"], s["b"], s["b1"]), (s["b1"], s["b1"]),
-                       x_bd, w_dc, b_c, labels_b)
-  return loss_b, (x_bd, w_dc, b_c, labels_b, lse_b)
+  loss_b, lse_b, count_b = _run(
+      layout, _ce_fwd_local,
+      (s["x"], s["w"], s["b"], _label_spec(s, labels)),
+      (s["b1"], s["b1"], s["b1"]), x_bd, w_dc, b_c, labels)
+  return loss_b, (x_bd, w_dc, b_c, labels, lse_b, count_b)
 
 
 def _ce_bwd(layout, res, g_b):
   s = _specs(layout)
   grads = _run(
       layout, _ce_bwd_local,
-      (s["x"], s["w"], s["b"], s["b1"], s["b1"], s["b1"]),
+      (s["x"], s["w"], s["b"], _label_spec(s, res[3]), s["b1"], s["b1"],
+       s["b1"]),
       (s["x"], s["w"], s["b"]), *res, g_b)
   return (*_like_primals(layout, grads, res[:3]), None)
 
@@ -671,36 +708,45 @@ _SHARED_ARGS_DOC = """
 
 def chunked_softmax_cross_entropy(
     x_bd: ArrayLike, kernel_dc: ArrayLike, bias_c: ArrayLike,
-    labels_b: ArrayLike, *, chunk_size: int | None = None,
+    labels: ArrayLike, *, chunk_size: int | None = None,
     num_classes: int | None = None, where: ArrayLike | None = None,
     mesh: MeshLike | None = None, class_axis: str = "classes",
     batch_axes: str | Sequence[str] | None = None,
     dtype: Any = None) -> jax.Array:
   """Softmax cross-entropy of ``x @ kernel + bias`` without the full logits.
 
+  With label sets ``[B, L]`` this is the multi-label softmax ("pick all
+  labels", normalised): cross-entropy against the uniform distribution over
+  the row's labels, ``logsumexp_c z_bc - mean_{{c in y_b}} z_bc``.
+
   Args:
     x_bd: features ``[B, d]``.
     kernel_dc: ``[d, C]``.
     bias_c: ``[C]``.
-    labels_b: int ``[B]``, the true class in ``[0, num_classes)``; -1 (or any
-      out-of-range value) means "no label": loss 0 and no gradient.
+    labels: int ``[B]``, the true class in ``[0, num_classes)``, -1 (or any
+      out-of-range value) meaning "no label"; or int ``[B, L]``, each row a
+      set of labels padded with -1 (duplicates count once, out-of-range
+      values are ignored). A row with no valid label has loss 0 and no
+      gradient.
     where: optional bool ``[B]``; False gives loss 0.
     {shared}
 
   Returns:
-    float32 ``[B]``: ``logsumexp_c z_bc - z_{{b, label_b}}``.
+    float32 ``[B]``: ``logsumexp_c z_bc - z_{{b, label_b}}``, or with label
+    sets ``logsumexp_c z_bc - mean_{{c in y_b}} z_bc``.
   """
   x_bd, kernel_dc, bias_c = map(jnp.asarray, (x_bd, kernel_dc, bias_c))
   layout = _layout(x_bd, kernel_dc, bias_c, chunk_size=chunk_size,
                    num_classes=num_classes, mesh=mesh, class_axis=class_axis,
                    batch_axes=batch_axes, dtype=dtype)
-  labels_b = _check_labels(labels_b, x_bd.shape[0], 1, "single-label")
+  labels = _check_labels(labels, x_bd.shape[0], (1, 2), "softmax CE")
   if layout.dense:
     s = _specs(layout)
-    loss_b = _run(layout, _ce_dense_local, (s["x"], s["w"], s["b"], s["b1"]),
-                  s["b1"], x_bd, kernel_dc, bias_c, labels_b)
+    loss_b = _run(layout, _ce_dense_local,
+                  (s["x"], s["w"], s["b"], _label_spec(s, labels)),
+                  s["b1"], x_bd, kernel_dc, bias_c, labels)
   else:
-    loss_b = _ce(layout, x_bd, kernel_dc, bias_c, labels_b)
+    loss_b = _ce(layout, x_bd, kernel_dc, bias_c, labels)
   return _apply_where(loss_b, where)
 
 
