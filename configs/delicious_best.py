@@ -47,10 +47,10 @@ def get_config(arg: str | None = None):
   config = config_lib.from_file(
       pathlib.Path(__file__).with_name("delicious_vanilla.py"), arg)
   config.name = "delicious_best"
-  config.encoder.hidden = (2048,)
+  config.encoder.hidden = (2048, 2048)
   config.encoder.dropout = 0.5
   config.encoder.input_dropout = 0.2
   config.batch_size = 128
   if arg != "runlocal":  # runlocal keeps delicious_vanilla's 20 steps
-    config.num_train_steps = 1600
+    config.num_train_steps = 2400
   return config
