@@ -365,14 +365,21 @@ def _psum(x, axes):
 
 
 def _hits(labels, ids_k, num_classes):
-  """bool ``[B, k]``: chunk class ``ids_k[j]`` is a (valid) label of row b.
+  """bool ``[B, k]``: chunk class ``ids_k[j]`` is a label of row b.
 
-  ``labels`` is int ``[B]`` (one class, compared) or ``[B, L]`` (a -1 padded
-  set, scattered by :func:`_chunk_targets`; duplicates count once).
+  ``labels`` is int ``[B]`` (one class, compared; a label in the masked
+  padding may hit, its row is invalid anyway) or ``[B, L]`` (a -1 padded
+  set, scattered by :func:`_chunk_targets`: only valid labels, duplicates
+  once).
   """
   if labels.ndim == 2:
     return _chunk_targets(labels, ids_k, num_classes)
-  return (ids_k[None, :] == labels[:, None]) & (ids_k < num_classes)[None, :]
+  return ids_k[None, :] == labels[:, None]
+
+
+def _single_label_count(labels, num_classes, dtype):
+  """``[B]`` 1 where a single label is valid, else 0 (no fold needed)."""
+  return ((labels >= 0) & (labels < num_classes)).astype(dtype)
 
 
 def _ce_fwd_local(layout: _Layout, x_bd, w_dc, b_c, labels):
@@ -396,7 +403,8 @@ def _ce_fwd_local(layout: _Layout, x_bd, w_dc, b_c, labels):
         z_bk - ref_b[:, None]).sum(-1)
     hit_bk = _hits(labels, ids_k, layout.num_classes)
     picked_b = picked_b + jnp.where(hit_bk, z_bk, 0.).sum(-1)
-    count_b = count_b + hit_bk.sum(-1, dtype=acc)
+    if labels.ndim == 2:  # label sets: count their valid distinct labels
+      count_b = count_b + hit_bk.sum(-1, dtype=acc)
     return new_max_b, sum_b, picked_b, count_b
 
   init = (jnp.full((batch,), -jnp.inf, acc), jnp.zeros((batch,), acc),
@@ -409,8 +417,11 @@ def _ce_fwd_local(layout: _Layout, x_bd, w_dc, b_c, labels):
     sum_b = jax.lax.psum(sum_b * jnp.exp(max_b - global_max_b),
                          layout.class_axis)
     picked_b = jax.lax.psum(picked_b, layout.class_axis)
-    count_b = jax.lax.psum(count_b, layout.class_axis)
+    if labels.ndim == 2:
+      count_b = jax.lax.psum(count_b, layout.class_axis)
     max_b = global_max_b
+  if labels.ndim == 1:
+    count_b = _single_label_count(labels, layout.num_classes, acc)
   lse_b = max_b + jnp.log(sum_b)
   loss_b = jnp.where(count_b > 0, lse_b - picked_b / jnp.maximum(count_b, 1.),
                      0.)
@@ -567,7 +578,7 @@ def _ce_dense_local(layout: _Layout, x_bd, w_dc, b_c, labels):
   z_bc, ids_c = _dense_logits(layout, x_bd, w_dc, b_c)
   lse_b = jax.nn.logsumexp(z_bc, axis=-1)
   if labels.ndim == 1:
-    valid_b = (labels >= 0) & (labels < layout.num_classes)
+    valid_b = _single_label_count(labels, layout.num_classes, bool)
     picked_b = jnp.take_along_axis(
         z_bc, jnp.where(valid_b, labels, 0)[:, None], axis=1)[:, 0]
     return jnp.where(valid_b, lse_b - picked_b, 0.)
