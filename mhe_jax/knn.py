@@ -8,8 +8,8 @@ probabilities (weights chosen on a validation split, see
 benchmarks/xmc_tuning.py --blend) adds 1-3 points of P@1 to our best
 ensembles; README "Results" has the figures.
 
-  votes = knn.label_scores(train, test.X, k=50, power=8)       # [N, C]
-  scores = knn.blend(probs, votes, weight=0.4)                  # rank these
+  votes = knn.label_scores(train, test.X, k=100, power=8)      # [N, C]
+  scores = knn.blend(probs, votes, weight=0.2)                  # rank these
 
 ``label_scores`` is :func:`votes` of :func:`neighbours`; a search for the
 largest k of a grid serves every smaller k (its first columns).
