@@ -65,7 +65,10 @@ class LabelCodec:
       ``permutation[y]`` the code of label ``y``: a bijection of ``0 .. C-1``
       onto itself. The identity is stored as None. Under ``jit`` it (and its
       inverse) become constants of the compiled program, 4 bytes per label
-      each.
+      each (about twice that as program text: 800 MB and 6 s of compile
+      at 10^8 labels). Run with ``JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=1``
+      (read when JAX starts) and JAX passes them to the executable as
+      arguments instead (benchmarks/codec_constants.py).
     permutation_digest: hex digest of the permutation ("" when None); with
       the radices and C it is what equality and hashing look at.
   """
