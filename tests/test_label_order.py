@@ -1,6 +1,10 @@
 """Permuted codecs through the ops and heads, and the label-order helpers."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 from flax import nnx
 import jax
@@ -260,3 +264,42 @@ def test_registry_make_codec_label_orders():
   cfg.label_order = "sorted"
   with pytest.raises(ValueError, match="config.head.label_order='sorted'"):
     registry.make_codec(cfg, 20)
+
+
+def test_permutation_tables_become_arguments_under_jax_switch(tmp_path):
+  # README / LabelCodec: with JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=1 the
+  # permutation tables are executable arguments, not program constants; the
+  # results stay those of brute force. A fresh process: JAX reads it at start.
+  script = tmp_path / "probe.py"
+  script.write_text(
+      "import json, jax, jax.numpy as jnp, numpy as np\n"
+      "from mhe_jax import LabelCodec, ops\n"
+      "c = 50_000\n"
+      "perm = np.random.default_rng(0).permutation(c)\n"
+      "codec = LabelCodec.balanced(c, 2).with_permutation(perm)\n"
+      "rng = np.random.default_rng(1)\n"
+      "logits = [jnp.asarray(rng.normal(size=(3, r)), jnp.float32)\n"
+      "          for r in codec.radices]\n"
+      "fn = jax.jit(lambda l: ops.product_topk(l, 4, codec))\n"
+      "lowered = fn.lower(logits)\n"
+      "_, labels = fn(logits)\n"
+      "print(json.dumps({'text': len(lowered.as_text()),\n"
+      "  'args': lowered.compile().memory_analysis().argument_size_in_bytes,\n"
+      "  'labels': np.asarray(labels).tolist(),\n"
+      "  'logits': [np.asarray(l).tolist() for l in logits]}))\n")
+  out = {}
+  for value in ("0", "1"):
+    env = {**os.environ, "JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS": value,
+           "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, str(script)], env=env,
+                          capture_output=True, text=True, check=True)
+    out[value] = json.loads(proc.stdout.strip().splitlines()[-1])
+  table_bytes = 4 * 50_000
+  assert out["0"]["text"] > table_bytes > 5 * out["1"]["text"]
+  assert out["1"]["args"] > table_bytes > out["0"]["args"]
+  perm = np.random.default_rng(0).permutation(50_000)
+  _, ref = brute_topk(brute_scores(out["1"]["logits"],
+                                   LabelCodec.balanced(50_000, 2).radices,
+                                   perm), 4)
+  np.testing.assert_array_equal(out["0"]["labels"], ref)
+  np.testing.assert_array_equal(out["1"]["labels"], ref)
