@@ -6,9 +6,10 @@ clustered) keeps the permutation and its inverse as numpy arrays; under
 4 bytes per label each. With JAX's ``jax_use_simplified_jaxpr_constants``
 switched on (environment variable ``JAX_USE_SIMPLIFIED_JAXPR_CONSTANTS=1``,
 read when JAX starts: each mode runs in its own process here), they are
-passed to the executable as arguments instead. This measures, for ``product_topk`` (the inverse table) on a 2-head codec: the
-lowered program's text size, lower + compile time, the executable's argument
-bytes and the time of one call, in both modes.
+passed to the executable as arguments instead. This measures, for
+``product_topk`` (the inverse table) on a 2-head codec: the lowered
+program's text size, lower + compile time, the executable's argument bytes
+and the time of one call, in both modes.
 
   python benchmarks/codec_constants.py                         # 10^5 .. 10^7
   python benchmarks/codec_constants.py --classes=100000000     # ~3 GB of RAM

@@ -138,9 +138,10 @@ def bench_mhe(name: str, workdir: pathlib.Path, test: formats.XMCData,
   predictor.warmup(k)
   warmup_s = time.perf_counter() - t0
   X = test.X
-  p50, p99 = peer_timing.time_requests(lambda i: predictor.predict(X[i:i + 1], k),
-                            X.shape[0], requests)
-  seconds, pred = peer_timing.time_batch(lambda: predictor.predict(X, k), _REPEATS.value)
+  p50, p99 = peer_timing.time_requests(
+      lambda i: predictor.predict(X[i:i + 1], k), X.shape[0], requests)
+  seconds, pred = peer_timing.time_batch(lambda: predictor.predict(X, k),
+                                         _REPEATS.value)
   row = {
       "model": name, "num_classes": predictor.num_classes,
       "latency_p50_ms": p50, "latency_p99_ms": p99,
@@ -274,10 +275,10 @@ def _bench_napkinxc(train_data: formats.XMCData, test: formats.XMCData,
     t0 = time.perf_counter()
     plt.fit(train_data.X, y_lists)
     train_s = time.perf_counter() - t0
-    p50, p99 = peer_timing.time_requests(lambda i: plt.predict(X[i:i + 1], top_k=k),
-                              X.shape[0], requests)
+    p50, p99 = peer_timing.time_requests(
+        lambda i: plt.predict(X[i:i + 1], top_k=k), X.shape[0], requests)
     seconds, pred = peer_timing.time_batch(lambda: plt.predict(X, top_k=k),
-                                _REPEATS.value)
+                                           _REPEATS.value)
     labels = np.full((X.shape[0], k), -1, np.int64)
     for i, r in enumerate(pred):
       labels[i, :len(r)] = r[:k]
@@ -299,8 +300,8 @@ def _bench_omikuji(test: formats.XMCData, data_dir: pathlib.Path, k: int,
   pairs = [list(zip(X.indices[X.indptr[i]:X.indptr[i + 1]].tolist(),
                     X.data[X.indptr[i]:X.indptr[i + 1]].tolist()))
            for i in range(X.shape[0])]
-  p50, p99 = peer_timing.time_requests(lambda i: model.predict(pairs[i], top_k=k),
-                            X.shape[0], requests)
+  p50, p99 = peer_timing.time_requests(
+      lambda i: model.predict(pairs[i], top_k=k), X.shape[0], requests)
 
   def predict_all():
     return [model.predict(p, top_k=k) for p in pairs]
