@@ -138,28 +138,26 @@ def main(argv):
   config.checkpoint_every = 0
   curve = []
   blend = {}
-  if _BLEND.value:
-    run = xmc_accuracy.ensemble(config, range(_MEMBERS.value))
-    settings = None
-    if _BLEND_GRID.value:
-      settings = json.loads(_BLEND_GRID.value)
-      if sorted(settings) != ["k", "power", "weight"]:
-        raise ValueError(f"--blend_grid needs exactly the keys k, power, "
-                         f"weight; got {sorted(settings)}")
-      overrides["blend_grid"] = settings
-    grid = xmc_accuracy.blend_grid(run, settings)
-    best = xmc_accuracy.best_of_grid(grid)
-    results = {**run.members[0], **best, "train_seconds": run.seconds}
-    overrides["ensemble_members"] = _MEMBERS.value
-    blend = {"blend": {k: best[k] for k in ("k", "power", "weight")},
-             "ensemble_without_knn": {k: run.metrics[k]
-                                      for k in ("P@1", "P@3", "P@5")},
-             "grid": grid}
-    print(f"blend: best of {len(grid)} settings by P@1 + P@5: {best}; "
-          f"without kNN {blend['ensemble_without_knn']}")
-  elif _MEMBERS.value > 1:
+  if _BLEND.value or _MEMBERS.value > 1:
     run = xmc_accuracy.ensemble(config, range(_MEMBERS.value))
     results = {**run.members[0], **run.metrics, "train_seconds": run.seconds}
+    if _BLEND.value:  # the trial's P@k are then the best blend's
+      settings = None
+      if _BLEND_GRID.value:
+        settings = json.loads(_BLEND_GRID.value)
+        if sorted(settings) != ["k", "power", "weight"]:
+          raise ValueError(f"--blend_grid needs exactly the keys k, power, "
+                           f"weight; got {sorted(settings)}")
+        overrides["blend_grid"] = settings
+      grid = xmc_accuracy.blend_grid(run, settings)
+      best = xmc_accuracy.best_of_grid(grid)
+      results.update(best)
+      blend = {"blend": {k: best[k] for k in ("k", "power", "weight")},
+               "ensemble_without_knn": {k: run.metrics[k]
+                                        for k in ("P@1", "P@3", "P@5")},
+               "grid": grid}
+      print(f"blend: best of {len(grid)} settings by P@1 + P@5: {best}; "
+            f"without kNN {blend['ensemble_without_knn']}")
     overrides["ensemble_members"] = _MEMBERS.value
   else:
     with tempfile.TemporaryDirectory() as workdir:
