@@ -166,12 +166,19 @@ def _load_tfds(cfg, seed):
   return _xmc_dataset(load("train"), load("test"), cfg)
 
 
-def _named_xc(name):
+def _named_xc(name, names_file: str | None = None):
+  """Loader of ``<data root>/<name>/{train,test}.txt``; with ``names_file``
+  (one label name per line) the label names are attached."""
   def load(cfg, seed):
     del seed
     root = data_root(cfg) / name
-    return _xmc_dataset(formats.read_xc(root / "train.txt"),
-                        formats.read_xc(root / "test.txt"), cfg)
+    train = formats.read_xc(root / "train.txt")
+    test = formats.read_xc(root / "test.txt")
+    if names_file:
+      names = formats.read_names(root / names_file, train.num_labels)
+      train = dataclasses.replace(train, label_names=names)
+      test = dataclasses.replace(test, label_names=names)
+    return _xmc_dataset(train, test, cfg)
   return load
 
 
@@ -218,6 +225,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, int], Dataset]] = {
     "tfds": _load_tfds,
     "bibtex": _named_xc("bibtex"),
     "delicious": _named_xc("delicious"),
+    "citeulike_t": _named_xc("citeulike_t", names_file="labels.txt"),
     "shakespeare": _load_shakespeare,
 }
 

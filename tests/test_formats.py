@@ -314,3 +314,32 @@ def test_arff_xml_errors(tmp_path):
   _expect_error(xml, '<labels>\n<label name="lab_a"/>\n<label name="lab_a"/>'
                 "\n</labels>", 3, "listed twice",
                 reader=lambda p: formats.read_arff(path, labels_xml=p))
+
+
+def test_read_names_real_citeulike(shared_data):
+  d = shared_data / "citeulike_t"
+  names = formats.read_names(d / "labels.txt", 52946)
+  with open(d / "labels.txt", encoding="utf-8") as f:
+    plain = f.read().split("\n")[:-1]
+  assert names == plain
+  assert names[1] == "homomorphism"
+
+
+@pytest.mark.parametrize("text,count,match", [
+    ("a\nb\n", 3, r"2 names for 3 labels"),
+    ("a\n\nb\n", None, r"line 2: empty name"),
+    ("a\nb\na\n", None, r"line 3: name 'a' given twice \(first on line 1\)"),
+    ("", None, r"empty file"),
+])
+def test_read_names_errors(tmp_path, text, count, match):
+  path = tmp_path / "names.txt"
+  path.write_text(text)
+  with pytest.raises(FormatError, match=match) as e:
+    formats.read_names(path, count)
+  assert str(path) in str(e.value)
+
+
+def test_read_names_crlf_and_no_final_newline(tmp_path):
+  path = tmp_path / "names.txt"
+  path.write_bytes(b"x y\r\nz")
+  assert formats.read_names(path, 2) == ["x y", "z"]

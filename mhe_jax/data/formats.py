@@ -657,6 +657,37 @@ def _read_label_xml(path: PathLike) -> list[tuple[str, int]]:
   return list(seen.items())
 
 
+def read_names(path: PathLike, count: int | None = None, *,
+               encoding: str = "utf-8") -> list[str]:
+  """One name per line (e.g. citeulike-t's ``labels.txt``: line i names label i).
+
+  Args:
+    path: the file.
+    count: the number of names expected (the labels of the data it goes
+      with); None accepts any number.
+    encoding: text encoding.
+
+  Returns:
+    The names, in line order.
+
+  Raises:
+    FormatError: an empty or blank name, a name given twice (both lines
+      named), or a line count other than ``count``.
+  """
+  lines, _ = _read_lines(path, encoding)
+  seen: dict[str, int] = {}
+  for i, name in enumerate(lines, start=1):
+    if not name.strip():
+      raise FormatError(path, i, "empty name")
+    if name in seen:
+      raise FormatError(path, i, f"name {name!r} given twice (first on line "
+                        f"{seen[name]})")
+    seen[name] = i
+  if count is not None and len(lines) != count:
+    raise FormatError(path, None, f"{len(lines)} names for {count} labels")
+  return lines
+
+
 def _diagnose_arff_row(line: str, num_attributes: int) -> str:
   s = line.strip()
   if s.startswith("{"):
