@@ -76,6 +76,7 @@ CONFIG_FILE = "config.json"
 MODEL_INFO_FILE = "model_info.json"
 CHECKPOINT_DIR = "checkpoints"
 PERMUTATION_FILE = "label_permutation.npy"
+LABEL_FEATURES_FILE = "label_features.npz"
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512)
 _BOW_KEYS = ("feature_ids", "feature_values")
 _TOKEN_KEYS = ("features",)
@@ -91,7 +92,11 @@ def write_model_info(workdir: PathLike, config: ml_collections.ConfigDict,
 
   These hold what :func:`load` needs to rebuild the model without the
   training data: the config, and the dataset facts the model's shapes depend
-  on (the tf-idf weights themselves are in the checkpoint).
+  on (the tf-idf weights themselves are in the checkpoint). Models built from
+  the training data write that part too: a clustered label order
+  (``label_permutation.npy``) and UniDEC's label feature rows
+  (``label_features.npz``: ``ids``, ``values``, ``input_size`` and, when the
+  encoder weights by idf, ``idf``).
 
   Args:
     workdir: the run's directory.
@@ -115,6 +120,16 @@ def write_model_info(workdir: PathLike, config: ml_collections.ConfigDict,
     # checkpoint (the codec is static): keep its permutation.
     codec = registry.make_codec(config.head, data.num_classes, data)
     np.save(workdir / PERMUTATION_FILE, codec.permutation)
+  if config.head.type == "unidec":
+    rows = registry.unidec_label_features(config, data)
+    arrays = dict(ids=rows.ids, values=rows.values,
+                  input_size=np.int64(rows.input_size))
+    if rows.idf is not None:
+      arrays["idf"] = rows.idf
+    tmp = workdir / (LABEL_FEATURES_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+    tmp.replace(workdir / LABEL_FEATURES_FILE)
   _atomic_write(workdir / CONFIG_FILE, config.to_json_best_effort(indent=1))
   _atomic_write(workdir / MODEL_INFO_FILE, json.dumps(info))
 
@@ -178,8 +193,28 @@ def _dataset_spec(info: Mapping[str, Any]) -> registry.Dataset:
       eval=None, num_classes=info["num_classes"],
       multilabel=info["multilabel"], input_keys=tuple(info["input_keys"]),
       input_size=info["input_size"],
-      label_counts=np.zeros(0, np.int64), num_train=0, idf=idf,
+      label_counts=np.zeros(info["num_classes"], np.int64), num_train=0,
+      idf=idf,
       label_names=info["label_names"])
+
+
+def _unidec_label_features(workdir: pathlib.Path
+                           ) -> registry.UniDECLabelFeatures:
+  """The label feature rows the trainer saved (``label_features.npz``)."""
+  path = workdir / LABEL_FEATURES_FILE
+  if not path.is_file():
+    raise FileNotFoundError(
+        f"{path} not found: a head.type='unidec' model's label features "
+        "cannot be rebuilt without it (the trainer writes it at the start "
+        "of training)")
+  with np.load(path) as npz:
+    missing = {"ids", "values", "input_size"} - set(npz.files)
+    if missing:
+      raise ValueError(f"{path} lacks {sorted(missing)}")
+    return registry.UniDECLabelFeatures(
+        ids=npz["ids"], values=npz["values"],
+        input_size=int(npz["input_size"]),
+        idf=npz["idf"] if "idf" in npz.files else None)
 
 
 def _fresh(abstract: jax.ShapeDtypeStruct, device: jax.Device) -> jax.Array:
@@ -220,6 +255,8 @@ def load(path: PathLike, *, step: int | None = None,
       raise FileNotFoundError(f"{perm_path} not found: the model's clustered "
                               "label order cannot be rebuilt without it")
     data.label_permutation = np.load(perm_path)
+  if config.head.type == "unidec":
+    data.label_features = _unidec_label_features(workdir)
   device = device or jax.devices()[0]
   abstract = nnx.eval_shape(
       lambda: registry.build_model(config, data, nnx.Rngs(config.seed)))

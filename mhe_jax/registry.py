@@ -64,6 +64,10 @@ class Dataset:
       ``label_order='clustered'``: computed from the training data by the
       first :func:`make_codec` that needs it and reused after (one clustered
       order per Dataset), or given (``mhe_jax.load`` restores the saved one).
+    label_features: UniDEC's label feature rows (:class:`UniDECLabelFeatures`):
+      computed from the training data by the first :func:`unidec_label_features`
+      that needs them and reused after, or given (``mhe_jax.load`` restores
+      the ones the trainer saved).
   """
 
   train: Any
@@ -78,6 +82,7 @@ class Dataset:
   label_names: list[str] | None = None
   eval_split: str = "test"
   label_permutation: np.ndarray | None = None
+  label_features: UniDECLabelFeatures | None = None
 
 
 def data_root(cfg: ml_collections.ConfigDict) -> pathlib.Path:
@@ -379,14 +384,45 @@ def _shortlist_kwargs(cfg, num_classes):
               num_probe=cfg.index_probe)
 
 
-def _unidec(config, data: Dataset, rngs, mesh=None):
-  del mesh
+@dataclasses.dataclass(frozen=True)
+class UniDECLabelFeatures:
+  """What UniDEC's label side is built from, fixed at the start of training.
+
+  Attributes:
+    ids: int32 ``[C, F_l]`` label feature ids, -1 padded.
+    values: float32 ``[C, F_l]`` label feature values.
+    input_size: the shared encoder's input features (the documents' ``F``,
+      plus the name n-gram hash buckets when label names are used).
+    idf: float32 ``[input_size]`` idf of the encoder's inputs, or None.
+  """
+
+  ids: np.ndarray
+  values: np.ndarray
+  input_size: int
+  idf: np.ndarray | None
+
+
+def unidec_label_features(config: ml_collections.ConfigDict,
+                          data: Dataset) -> UniDECLabelFeatures:
+  """UniDEC's label feature rows: ``data.label_features``, else computed.
+
+  Computing them needs the bag-of-words training source (each label's mean
+  training features, and its name n-grams); the result is kept on ``data``
+  so the trainer's several model builds share it, and a model is rebuilt
+  without the training data from the saved copy (``mhe_jax.load``).
+
+  Raises:
+    ValueError: no saved label features and no bag-of-words training data.
+  """
+  if data.label_features is not None:
+    return data.label_features
+  if not isinstance(data.train, pipeline.SparseSource):
+    raise ValueError(
+        "head.type='unidec' builds its label features from the bag-of-words "
+        "training data, and this dataset's training source is a "
+        f"{type(data.train).__name__}, not a SparseSource (to rebuild a "
+        "trained model without its data, use mhe_jax.load on the workdir)")
   cfg = config.head
-  if config.encoder.type != "sparse_mlp" or not isinstance(
-      data.train, pipeline.SparseSource):
-    raise ValueError("head.type='unidec' embeds labels with the documents' "
-                     "encoder: it needs encoder.type='sparse_mlp' and a "
-                     f"bag-of-words dataset (got {config.encoder.type!r})")
   train = data.train.data
   rows, grams = label_features.label_feature_matrix(
       cfg.label_features, data.input_size, label_names(config.data, data),
@@ -396,11 +432,29 @@ def _unidec(config, data: Dataset, rngs, mesh=None):
     idf = np.concatenate([idf, encoders.SparseMLPEncoder.idf_from_csr(grams)])
   ids, values = label_features.padded_rows(rows, cfg.label_feature_width,
                                            weights=idf)
+  data.label_features = UniDECLabelFeatures(
+      ids=ids, values=values, input_size=int(rows.shape[1]),
+      idf=None if idf is None else np.asarray(idf, np.float32))
+  return data.label_features
+
+
+def _unidec(config, data: Dataset, rngs, mesh=None):
+  del mesh
+  cfg = config.head
+  if config.encoder.type != "sparse_mlp":
+    raise ValueError("head.type='unidec' embeds labels with the documents' "
+                     "encoder, which must be encoder.type='sparse_mlp' "
+                     f"(got {config.encoder.type!r})")
+  if data.input_keys != ("feature_ids", "feature_values"):
+    raise ValueError("head.type='unidec' needs a bag-of-words dataset "
+                     "(inputs ('feature_ids', 'feature_values')); this one "
+                     f"gives {data.input_keys}")
+  rows = unidec_label_features(config, data)
   encoder = _sparse_mlp(config.encoder, dataclasses.replace(
-      data, input_size=rows.shape[1], idf=idf), rngs)
+      data, input_size=rows.input_size, idf=rows.idf), rngs)
   return DualEncoderClassifier(
-      encoder, data.input_keys, ids, values, score_mix=cfg.score_mix,
-      label_to_query=cfg.label_to_query, rngs=rngs,
+      encoder, data.input_keys, rows.ids, rows.values,
+      score_mix=cfg.score_mix, label_to_query=cfg.label_to_query, rngs=rngs,
       **_shortlist_kwargs(cfg, data.num_classes))
 
 
