@@ -47,6 +47,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.context = 4          # shakespeare: previous tokens per example.
   c.data.min_count = 1        # shakespeare: vocabulary minimum count.
   c.data.validation_fraction = 0.0  # >0: evaluate on this tail of train, not test.
+                              # Leave-one-out (interaction) data: any >0 selects
+                              # the validation targets (second-to-last items).
+  c.data.max_len = 50         # Interaction data: positions per sequence (its
+                              # last max_len items); 50 is SASRec's Beauty setting.
   c.data.max_features = 0     # Padded features per example; 0 -> longest row.
   c.data.max_labels = 0       # Padded labels per example; 0 -> longest row.
 
@@ -65,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.encoder.dropout = 0.0     # Dropout rate in the MLP (training only).
   c.encoder.tfidf = True      # sparse_mlp: weight feature values by idf.
   c.encoder.input_dropout = 0.0  # sparse_mlp: drop input features (training).
+  c.encoder.num_blocks = 2    # sasrec: pre-LayerNorm self-attention blocks.
+  c.encoder.num_attention_heads = 1  # sasrec: heads per attention (divide embed_dim).
+  c.encoder.ffn_dim = 0       # sasrec: feed-forward inner width; 0 -> embed_dim.
 
   c.head = ml_collections.ConfigDict()
   c.head.type = "mhp"         # Head: see mhe_jax.registry.HEADS.
@@ -75,6 +82,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.num_sampled_groups = 64  # mhs: groups (of r_2.. classes) per step.
   c.head.multilabel_loss = "bce"  # vanilla/mhp multi-label loss: bce | softmax.
   c.head.chunk_size = 0       # vanilla: class chunk; 0 -> the head's default.
+  c.head.tie_embeddings = False  # vanilla + sasrec: the classifier kernel is the
+                              # encoder's item embedding table (one [C, d] matrix).
   # unidec / lightdxml (mhe_jax.nn.unidec, mhe_jax.nn.lightdxml): shortlists.
   c.head.num_picked = 3       # Positives picked per example per step (PSL k).
   c.head.num_hard_negatives = 16  # Shortlisted labels per example per step.
@@ -111,6 +120,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ks = (1, 3, 5)       # k of P@k, nDCG@k, PSP@k (acc@k single-label).
   c.eval.propensity_a = 0.55  # PSP propensity A (Jain et al. 2016).
   c.eval.propensity_b = 1.5   # PSP propensity B.
+  # Interaction (next-item) data: HR@k / NDCG@k over all items, and the
+  # BERT4Rec protocol (target among popularity-sampled negatives).
+  c.eval.exclude_history = True  # Rank only items absent from the input sequence.
+  c.eval.num_negatives = 100  # Sampled protocol negatives per user; 0 -> off.
+  c.eval.negatives_seed = 0   # Seed of the negative sample (fixed across runs).
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1)      # Devices per axis; one -1 takes the rest.

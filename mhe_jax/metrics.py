@@ -473,3 +473,144 @@ class XMCMetrics:
     if self._stats is None:
       raise ValueError("No batch was added.")
     return finalize(self._stats)
+
+
+# ------------------------------------------------------ next-item metrics
+# Leave-one-out next-item recommendation (one held-out target per user):
+#
+#   HR@k    fraction of users whose target ranks in the top k (= acc@k).
+#   NDCG@k  mean of 1 / log2(rank + 2) over users whose 0-based target rank
+#           is < k, 0 otherwise (one relevant item, so IDCG = 1).
+#
+# Full ranking ranks the target among all C items (optionally without the
+# items of the user's input sequence: `drop_excluded`); the sampled protocol
+# of BERT4Rec (Sun et al., CIKM 2019) among the target and 100
+# popularity-sampled negatives (`sampled_ranks`, reported under
+# "sampled/...").
+
+
+NOT_RANKED = 2**31 - 1  # The rank of a target outside the predictions.
+
+
+def drop_excluded(topk_labels: ArrayLike, exclude: ArrayLike,
+                  k: int) -> Array:
+  """The first ``k`` predictions of each row that are not excluded.
+
+  If a row's ``K`` predictions are the exact top-``K`` of some scores and it
+  excludes ``h`` distinct labels with ``K >= k + h``, the result is the exact
+  top-``k`` of those scores with the excluded labels removed.
+
+  Args:
+    topk_labels: int ``[B, K]`` predictions, best first (-1: none).
+    exclude: int ``[B, H]`` labels to remove, -1 padded.
+    k: how many to keep, ``<= K``.
+
+  Returns:
+    int ``[B, k]``, best first, -1 where fewer than ``k`` remain. numpy for
+    numpy inputs, else jax (jittable with ``k`` static).
+  """
+  xp = jnp if any(isinstance(x, jax.Array) for x in (topk_labels, exclude)) \
+      else np
+  pred_bn = xp.asarray(topk_labels)
+  ex_bh = xp.asarray(exclude)
+  if pred_bn.ndim != 2 or ex_bh.ndim != 2 or pred_bn.shape[0] != ex_bh.shape[0]:
+    raise ValueError(f"topk_labels [B, K] and exclude [B, H] needed, got "
+                     f"{tuple(pred_bn.shape)} and {tuple(ex_bh.shape)}")
+  if not 1 <= k <= pred_bn.shape[1]:
+    raise ValueError(f"k={k} must be in [1, K={pred_bn.shape[1]}]")
+  hit_bn = ((pred_bn[:, :, None] == ex_bh[:, None, :])
+            & (ex_bh[:, None, :] >= 0)).any(-1) | (pred_bn < 0)
+  n = pred_bn.shape[1]
+  # Kept predictions first, in their order; removed ones after.
+  key_bn = xp.where(hit_bn, n, 0) + xp.arange(n)
+  order_bk = xp.argsort(key_bn, axis=1)[:, :k]
+  out_bk = xp.take_along_axis(pred_bn, order_bk, axis=1)
+  gone_bk = xp.take_along_axis(hit_bn, order_bk, axis=1)
+  return xp.where(gone_bk, -1, out_bk)
+
+
+def target_ranks(topk_labels: ArrayLike, targets: ArrayLike) -> np.ndarray:
+  """0-based rank of each target in its row's predictions.
+
+  Args:
+    topk_labels: int ``[B, K]`` distinct predictions, best first.
+    targets: int ``[B]``.
+
+  Returns:
+    int64 ``[B]``; :data:`NOT_RANKED` (beyond every k) where the target is
+    not among the predictions (or is -1).
+  """
+  pred_bk = np.asarray(topk_labels)
+  t_b = np.asarray(targets)
+  if pred_bk.ndim != 2 or t_b.shape != pred_bk.shape[:1]:
+    raise ValueError(f"topk_labels [B, K] and targets [B] needed, got "
+                     f"{pred_bk.shape} and {t_b.shape}")
+  hit_bk = (pred_bk == t_b[:, None]) & (t_b[:, None] >= 0)
+  return np.where(hit_bk.any(1), hit_bk.argmax(1), NOT_RANKED).astype(np.int64)
+
+
+def sampled_ranks(target_scores: ArrayLike,
+                  negative_scores: ArrayLike) -> np.ndarray:
+  """0-based rank of the target among sampled negatives.
+
+  Ties count against the target (a negative scoring exactly as the target
+  ranks above it), so a constant scorer gets the worst rank.
+
+  Args:
+    target_scores: float ``[B]``.
+    negative_scores: float ``[B, N]``.
+
+  Returns:
+    int64 ``[B]`` in ``[0, N]``.
+  """
+  t_b = np.asarray(target_scores, np.float64)
+  neg_bn = np.asarray(negative_scores, np.float64)
+  return (neg_bn >= t_b[:, None]).sum(1).astype(np.int64)
+
+
+class NextItemMetrics:
+  """Host-side HR@k / NDCG@k from target ranks, summed over batches.
+
+  Example::
+
+    acc = NextItemMetrics(ks=(1, 10))
+    acc.update(np.array([0, 3, 50]))       # 0-based target ranks
+    acc.compute()   # {'HR@1': 1/3, 'NDCG@1': 1/3, 'HR@10': 2/3, ...}
+
+  Args:
+    ks: the cut-offs.
+    prefix: prepended to every metric name (e.g. ``"sampled/"``).
+  """
+
+  def __init__(self, ks: Sequence[int] = (1, 5, 10), *, prefix: str = ""):
+    self.ks = tuple(int(k) for k in ks)
+    if not self.ks or min(self.ks) < 1:
+      raise ValueError(f"ks must be positive, got {ks}")
+    self.prefix = prefix
+    self._hits = np.zeros(len(self.ks))
+    self._gains = np.zeros(len(self.ks))
+    self._count = 0
+
+  def update(self, ranks: ArrayLike, mask: ArrayLike | None = None) -> None:
+    """Adds 0-based ranks ``[B]``; rows with ``mask`` False are ignored."""
+    r_b = np.asarray(ranks, np.int64)
+    if mask is not None:
+      r_b = r_b[np.asarray(mask, bool)]
+    k_k = np.asarray(self.ks)[:, None]
+    inside_kb = r_b[None, :] < k_k
+    self._hits += inside_kb.sum(1)
+    self._gains += np.where(inside_kb, 1.0 / np.log2(r_b[None, :] + 2.0),
+                            0.0).sum(1)
+    self._count += r_b.shape[0]
+
+  @property
+  def count(self) -> int:
+    return self._count
+
+  def compute(self) -> dict[str, float]:
+    """``{prefix + 'HR@k': ..., prefix + 'NDCG@k': ...}``; NaN when empty."""
+    out = {}
+    for i, k in enumerate(self.ks):
+      out[f"{self.prefix}HR@{k}"] = _ratio(self._hits[i], self._count)
+      out[f"{self.prefix}NDCG@{k}"] = _ratio(self._gains[i], self._count)
+    return out

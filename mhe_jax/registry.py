@@ -24,12 +24,14 @@ import scipy.sparse as sp
 
 from mhe_jax import label_order as label_order_lib
 from mhe_jax.data import formats
+from mhe_jax.data import interactions
 from mhe_jax.data import label_features
 from mhe_jax.data import pipeline
 from mhe_jax.data import synthetic
 from mhe_jax.data.corpus import Corpus
 from mhe_jax.nn import encoders
 from mhe_jax.nn import heads
+from mhe_jax.nn import sequence
 from mhe_jax.nn.lightdxml import LightDXML
 from mhe_jax.nn.models import Classifier
 from mhe_jax.nn.unidec import DualEncoderClassifier
@@ -223,6 +225,28 @@ def _load_shakespeare(cfg, seed):
       eval_split=eval_split)
 
 
+def _named_interactions(name):
+  """Loader of ``<data root>/<name>/interactions.txt`` (an interaction log,
+  :mod:`mhe_jax.data.interactions`), split leave-one-out; evaluates on the
+  test targets, or the validation targets when validation_fraction > 0."""
+  def load(cfg, seed):
+    del seed
+    log = interactions.read_interactions(
+        data_root(cfg) / name / "interactions.txt")
+    split = interactions.leave_one_out(log)
+    eval_split = "validation" if cfg.validation_fraction > 0 else "test"
+    examples = split.validation if eval_split == "validation" else split.test
+    train = pipeline.SequenceSource(split.train, cfg.max_len)
+    return Dataset(
+        train=train, eval=pipeline.SequenceEvalSource(
+            examples, cfg.max_len, item_counts=split.item_counts),
+        num_classes=split.num_items, multilabel=False, input_keys=("items",),
+        input_size=split.num_items,
+        label_counts=train.target_counts(split.num_items),
+        num_train=len(train), eval_split=eval_split)
+  return load
+
+
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict, int], Dataset]] = {
     "synthetic": _load_synthetic,
     "xc_files": _load_xc_files,
@@ -232,6 +256,7 @@ DATASETS: dict[str, Callable[[ml_collections.ConfigDict, int], Dataset]] = {
     "delicious": _named_xc("delicious"),
     "citeulike_t": _named_xc("citeulike_t", names_file="labels.txt"),
     "shakespeare": _load_shakespeare,
+    "amazon_beauty": _named_interactions("amazon_beauty"),
 }
 
 
@@ -259,7 +284,18 @@ def _token_context(cfg, data: Dataset, rngs):
                                       tuple(cfg.hidden), rngs=rngs)
 
 
-ENCODERS = {"sparse_mlp": _sparse_mlp, "token_context": _token_context}
+def _sasrec(cfg, data: Dataset, rngs):
+  if data.input_keys != ("items",):
+    raise ValueError("encoder 'sasrec' needs item sequences; this dataset "
+                     f"gives {data.input_keys}")
+  return sequence.SASRecEncoder(
+      data.input_size, data.train.max_len, cfg.embed_dim,
+      num_blocks=cfg.num_blocks, num_heads=cfg.num_attention_heads,
+      ffn_dim=cfg.ffn_dim or None, dropout=cfg.dropout, rngs=rngs)
+
+
+ENCODERS = {"sparse_mlp": _sparse_mlp, "token_context": _token_context,
+            "sasrec": _sasrec}
 
 
 # -------------------------------------------------------------------- heads
@@ -482,6 +518,12 @@ def build_model(config: ml_collections.ConfigDict, data: Dataset,
       config.encoder, data, rngs)
   head = lookup({**HEADS, **MODELS}, config.head.type, "head")(
       config.head, encoder.out_features, data, rngs, mesh)
+  if config.head.tie_embeddings:
+    if config.head.type != "vanilla" or not hasattr(encoder, "tie"):
+      raise ValueError("config.head.tie_embeddings needs head.type='vanilla' "
+                       "and an encoder with an item table (sasrec), got "
+                       f"{config.head.type!r} and {config.encoder.type!r}")
+    encoder.tie(head)
   return Classifier(encoder, head, data.input_keys)
 
 

@@ -39,6 +39,7 @@ from mhe_jax import config_lib
 from mhe_jax import inference
 from mhe_jax import metrics as metrics_lib
 from mhe_jax import registry
+from mhe_jax import sequence_eval
 from mhe_jax import sharding as sharding_lib
 from mhe_jax import writers
 from mhe_jax.data import pipeline
@@ -148,7 +149,13 @@ class Trainer:
       return self._train_step(state, self.device_batch(batch), rng)
 
   def evaluate(self, state) -> dict[str, float]:
-    """Top-k decode of the eval split, metrics merged over all batches."""
+    """Top-k decode of the eval split, metrics merged over all batches.
+
+    Next-item (leave-one-out) data: HR@k / NDCG@k, see
+    :mod:`mhe_jax.sequence_eval`.
+    """
+    if isinstance(self.data.eval, pipeline.SequenceEvalSource):
+      return sequence_eval.evaluate(self, state)
     inv_p = metrics_lib.inverse_propensity(
         self.data.label_counts, self.data.num_train,
         A=self.config.eval.propensity_a, B=self.config.eval.propensity_b)

@@ -400,3 +400,52 @@ def leave_one_out(log: Interactions, *,
       validation=examples(2), test=examples(1), num_items=log.num_items,
       num_users=log.num_users, num_short_users=int(short.sum()),
       short_users=short_users, item_counts=log.item_counts())
+
+
+def popularity_negatives(item_counts: np.ndarray, examples: EvalExamples,
+                         num_negatives: int, seed: int) -> np.ndarray:
+  """Negatives per example, drawn by item popularity (BERT4Rec's protocol).
+
+  For each example, ``num_negatives`` distinct items that are neither its
+  target nor in its input sequence, drawn without replacement with
+  probability proportional to ``item_counts`` (items with count 0 are never
+  drawn). Deterministic given ``seed``.
+
+  Args:
+    item_counts: int ``[C]`` popularity (e.g. :meth:`Interactions.item_counts`).
+    examples: the evaluation examples.
+    num_negatives: N per example.
+    seed: the sample's seed.
+
+  Returns:
+    int32 ``[len(examples), N]``.
+
+  Raises:
+    ValueError: an example with fewer than N items it could draw.
+  """
+  counts = np.asarray(item_counts, np.float64)
+  cdf = np.cumsum(counts)
+  total = cdf[-1]
+  rng = np.random.default_rng(seed)
+  out = np.empty((len(examples), num_negatives), np.int32)
+  positive = counts > 0
+  for i in range(len(examples)):
+    banned = np.unique(np.append(examples.inputs.sequence(i),
+                                 examples.targets[i]))
+    available = positive.sum() - positive[banned].sum()
+    if available < num_negatives:
+      raise ValueError(f"example {i} has {available} items to draw "
+                       f"{num_negatives} negatives from")
+    picked: list[int] = []
+    taken = set(banned.tolist())
+    while len(picked) < num_negatives:
+      draws = np.searchsorted(cdf, rng.random(2 * num_negatives) * total,
+                              side="right")
+      for item in draws.tolist():
+        if item not in taken:
+          taken.add(item)
+          picked.append(item)
+          if len(picked) == num_negatives:
+            break
+    out[i] = picked
+  return out

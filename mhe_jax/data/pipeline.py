@@ -18,6 +18,13 @@ Sources and the batches they make (``B`` = per-process batch size):
   use ``[B]``, the shape ``ops.losses.softmax_cross_entropy`` takes).
 * :class:`ArraySource` over any dense ``[N, ...]`` features and ``[N]`` or
   ``[N, L]`` labels: ``"features"``, ``"labels"``.
+* :class:`SequenceSource` for next-item training on users' histories
+  (:mod:`mhe_jax.data.interactions`): ``"items"`` int32 ``[B, T]`` inputs and
+  ``"labels"`` int32 ``[B, T]`` next-item targets, both left-padded with -1.
+* :class:`SequenceEvalSource` for leave-one-out evaluation: ``"items"`` int32
+  ``[B, T]`` (left-padded), ``"labels"`` int32 ``[B]`` the held-out item,
+  ``"history"`` int32 ``[B, Hmax]`` every input item (-1 padded), the items
+  a ranking may exclude.
 
 Every batch also holds ``"mask"`` bool ``[B]`` (False on padding rows) and
 ``"index"`` int32 ``[B]`` (the example's row in the source, -1 on padding).
@@ -73,6 +80,8 @@ import scipy.sparse as sp
 
 from mhe_jax.data.corpus import Corpus
 from mhe_jax.data.formats import XMCData
+from mhe_jax.data.interactions import EvalExamples
+from mhe_jax.data.interactions import Sequences
 
 Batch = dict[str, np.ndarray]
 
@@ -304,6 +313,131 @@ class TokenSource:
       features[~valid] = 0
       labels[~valid] = -1
     return {"features": features, "labels": labels}
+
+
+def _last_items(values: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                width: int) -> np.ndarray:
+  """``values[starts:ends]`` per row, its last ``width`` items left-padded.
+
+  Args:
+    values: int32 ``[total]`` flat sequences.
+    starts, ends: int64 ``[B]`` row bounds (``ends - starts`` may exceed
+      ``width``: the oldest items are cut).
+    width: T.
+
+  Returns:
+    int32 ``[B, width]``, -1 before the row's items.
+  """
+  pos_bt = ends[:, None] - width + np.arange(width)
+  valid_bt = pos_bt >= starts[:, None]
+  if not values.size:
+    return np.full(pos_bt.shape, -1, np.int32)
+  out_bt = values[np.clip(pos_bt, 0, values.shape[0] - 1)]
+  return np.where(valid_bt, out_bt, -1).astype(np.int32)
+
+
+class SequenceSource:
+  """Next-item training examples: one user's history per example.
+
+  A history ``h`` (oldest first, ``len(h) >= 2``) gives inputs ``h[:-1]``
+  and targets ``h[1:]``, both cut to their last ``max_len`` items and
+  left-padded with -1, so position ``T - 1`` always holds the latest input
+  and target ``labels[b, t]`` is the item that followed ``items[b, t]``.
+  Histories shorter than 2 give no pair and are left out
+  (:attr:`num_skipped`).
+
+  Args:
+    histories: the users' training histories (dense item ids).
+    max_len: T, positions per example.
+
+  Attributes:
+    rows: int64 ``[N]``: the history behind each example.
+    num_skipped: histories left out (fewer than 2 items).
+  """
+
+  def __init__(self, histories: Sequences, max_len: int):
+    if max_len < 1:
+      raise ValueError(f"max_len must be >= 1, got {max_len}")
+    self.histories = histories
+    self.max_len = int(max_len)
+    self.rows = np.flatnonzero(histories.lengths >= 2).astype(np.int64)
+    self.num_skipped = len(histories) - self.rows.shape[0]
+    if self.rows.shape[0] > _MAX_ROWS:
+      raise ValueError(f"{self.rows.shape[0]} examples; at most {_MAX_ROWS}")
+
+  def __len__(self) -> int:
+    return int(self.rows.shape[0])
+
+  @property
+  def element_spec(self) -> dict[str, FieldSpec]:
+    return {"items": FieldSpec((self.max_len,), np.dtype(np.int32), -1),
+            "labels": FieldSpec((self.max_len,), np.dtype(np.int32), -1)}
+
+  def target_counts(self, num_items: int) -> np.ndarray:
+    """int64 ``[num_items]``: how often each item is a training target."""
+    h = self.histories
+    keep = np.ones(h.values.shape[0], bool)
+    keep[h.offsets[:-1][h.lengths > 0]] = False  # first items are no target
+    return np.bincount(h.values[keep], minlength=num_items).astype(np.int64)
+
+  def gather(self, indices: np.ndarray) -> Batch:
+    """See :class:`Source`."""
+    valid = indices >= 0
+    rows = self.rows[np.where(valid, indices, 0)]
+    starts = np.where(valid, self.histories.offsets[rows], 0)
+    ends = np.where(valid, self.histories.offsets[rows + 1], 1)
+    values = self.histories.values
+    return {"items": _last_items(values, starts, ends - 1, self.max_len),
+            "labels": _last_items(values, starts + 1, ends, self.max_len)}
+
+
+class SequenceEvalSource:
+  """Leave-one-out evaluation examples: input sequence -> held-out item.
+
+  Args:
+    examples: the examples (:class:`~mhe_jax.data.interactions.EvalExamples`).
+    max_len: T, input positions (the last ``T`` input items, left-padded).
+    item_counts: optional int ``[C]`` item popularity (interactions per item
+      over the log), kept for the sampled-negatives protocol.
+
+  Attributes:
+    max_history: Hmax, the longest input sequence (the ``"history"`` width).
+  """
+
+  def __init__(self, examples: EvalExamples, max_len: int,
+               item_counts: np.ndarray | None = None):
+    if max_len < 1:
+      raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if len(examples) > _MAX_ROWS:
+      raise ValueError(f"{len(examples)} examples; at most {_MAX_ROWS}")
+    self.examples = examples
+    self.max_len = int(max_len)
+    lengths = examples.inputs.lengths
+    self.max_history = max(int(lengths.max()) if lengths.size else 0, 1)
+    self.item_counts = (None if item_counts is None
+                        else np.asarray(item_counts, np.int64))
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  @property
+  def element_spec(self) -> dict[str, FieldSpec]:
+    return {"items": FieldSpec((self.max_len,), np.dtype(np.int32), -1),
+            "labels": FieldSpec((), np.dtype(np.int32), -1),
+            "history": FieldSpec((self.max_history,), np.dtype(np.int32), -1)}
+
+  def gather(self, indices: np.ndarray) -> Batch:
+    """See :class:`Source`."""
+    valid = indices >= 0
+    safe = np.where(valid, indices, 0)
+    offsets = self.examples.inputs.offsets
+    starts = np.where(valid, offsets[safe], 0)
+    ends = np.where(valid, offsets[safe + 1], 0)
+    values = self.examples.inputs.values
+    return {"items": _last_items(values, starts, ends, self.max_len),
+            "labels": np.where(valid, self.examples.targets[safe],
+                               -1).astype(np.int32),
+            "history": _last_items(values, starts, ends, self.max_history)}
 
 
 # ----------------------------------------------------------------------------

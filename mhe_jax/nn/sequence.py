@@ -1,0 +1,238 @@
+"""Causal self-attention over item sequences (SASRec), Flax NNX.
+
+:class:`SASRecEncoder` follows Kang & McAuley, "Self-Attentive Sequential
+Recommendation" (ICDM 2018), with pre-LayerNorm blocks as in its later
+reimplementations (e.g. Klenitskiy & Vasilev, RecSys 2023, "Turning Dross
+Into Gold Loss: is BERT4Rec really better than SASRec?"):
+
+* input ``e_t = sqrt(d) * E[item_t] + P[t]`` (item table ``E [C, d]``,
+  learned positions ``P [T, d]``), dropout, zero at padded positions;
+* ``num_blocks`` times: ``x = x + Dropout(MHA(LN(x)))`` (causal, padded keys
+  masked), ``x = x + Dropout(FFN(LN(x)))`` with ``FFN = Linear(d, f) -> ReLU
+  -> Dropout -> Linear(f, d)``, padded positions zeroed after each block;
+* a final LayerNorm.
+
+The output ``[B, T, d]`` has a feature vector per position: position ``t``
+has seen items ``0 .. t`` only, so a head trained on it predicts the item at
+``t + 1`` (:class:`~mhe_jax.nn.models.Classifier` flattens the positions
+into rows). Sequences are left-padded with ``-1``
+(:class:`~mhe_jax.data.pipeline.SequenceSource`), so the latest item is at
+position ``T - 1``. A padded query position attends to nothing; its
+output is 0 and it carries no loss.
+
+Tied embeddings (:meth:`SASRecEncoder.tie`): the encoder reads its item table
+from a :class:`~mhe_jax.nn.vanilla.VanillaHead`'s kernel ``[d, C]`` instead
+of a table of its own, so the score of item ``c`` is ``<x, E[c]> + b_c``
+(the original SASRec scores with the input embeddings). Needs the head's
+classes unsharded (a class-sharded kernel would be gathered per lookup).
+
+Logical axis names: the item table ``('vocab', 'embed')``, positions
+``(None, 'embed')``, attention projections ``('embed', 'mlp')`` /
+``('mlp', 'embed')``, FFN ``('embed', 'mlp')`` / ``('mlp', 'embed')``,
+LayerNorms ``('embed',)``.
+
+Example::
+
+  enc = SASRecEncoder(54_542, 50, 64, num_blocks=2, num_heads=1,
+                      dropout=0.2, rngs=nnx.Rngs(0))
+  items_bt = jnp.full((8, 50), -1).at[:, -3:].set(jnp.array([4, 9, 2]))
+  x_btd = enc(items_bt)                     # [8, 50, 64]
+  x_btd = enc(items_bt, train=True)         # with dropout
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mhe_jax.nn.encoders import _axis_metadata  # pylint: disable=protected-access
+from mhe_jax.nn.encoders import _partitioned  # pylint: disable=protected-access
+from mhe_jax.nn.encoders import _take_rows  # pylint: disable=protected-access
+
+ArrayLike = jax.typing.ArrayLike
+
+_DENSE_INIT = nnx.initializers.lecun_normal()
+_RELU_INIT = nnx.initializers.he_normal()
+_ZEROS = nnx.initializers.zeros_init()
+
+
+def _linear(d_in: int, d_out: int, names: tuple[str, str], init, rngs,
+            dtype) -> nnx.Linear:
+  return nnx.Linear(d_in, d_out, kernel_init=_partitioned(init, names),
+                    bias_init=_partitioned(_ZEROS, names[1:]), dtype=dtype,
+                    rngs=rngs)
+
+
+def _layer_norm(d: int, rngs, dtype) -> nnx.LayerNorm:
+  return nnx.LayerNorm(d, scale_metadata=_axis_metadata(("embed",)),
+                       bias_metadata=_axis_metadata(("embed",)), dtype=dtype,
+                       rngs=rngs)
+
+
+def causal_attention(q_bthk: jax.Array, k_bthk: jax.Array, v_bthk: jax.Array,
+                     valid_bt: jax.Array) -> jax.Array:
+  """Scaled dot-product attention, query ``t`` over valid keys ``s <= t``.
+
+  Args:
+    q_bthk, k_bthk, v_bthk: ``[B, T, heads, d_head]``.
+    valid_bt: bool ``[B, T]``, False at padded positions (masked as keys).
+
+  Returns:
+    ``[B, T, heads, d_head]``; 0 for a query with no allowed key.
+  """
+  t = q_bthk.shape[1]
+  scale = 1.0 / np.sqrt(q_bthk.shape[-1])
+  logits_bhts = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bthk,
+                           preferred_element_type=jnp.float32) * scale
+  causal_ts = jnp.tril(jnp.ones((t, t), bool))
+  allowed_bhts = causal_ts[None, None] & valid_bt[:, None, None, :]
+  logits_bhts = jnp.where(allowed_bhts, logits_bhts, -1e30)
+  weights_bhts = jax.nn.softmax(logits_bhts, axis=-1)
+  weights_bhts = jnp.where(allowed_bhts, weights_bhts, 0.)
+  return jnp.einsum("bhts,bshk->bthk", weights_bhts.astype(v_bthk.dtype),
+                    v_bthk)
+
+
+class SelfAttentionBlock(nnx.Module):
+  """Pre-LayerNorm causal self-attention + feed-forward block.
+
+  Args:
+    dim: d.
+    num_heads: attention heads (divides d).
+    ffn_dim: feed-forward inner width.
+    dropout: rate after attention, inside and after the feed-forward.
+    dtype: computation dtype.
+    rngs: ``params`` and, with dropout, ``dropout``.
+  """
+
+  def __init__(self, dim: int, num_heads: int, ffn_dim: int, *,
+               dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+    if dim % num_heads:
+      raise ValueError(f"num_heads={num_heads} does not divide the width "
+                       f"{dim}")
+    self.num_heads = num_heads
+    self.norm1 = _layer_norm(dim, rngs, dtype)
+    self.qkv = _linear(dim, 3 * dim, ("embed", "mlp"), _DENSE_INIT, rngs, dtype)
+    self.out = _linear(dim, dim, ("mlp", "embed"), _DENSE_INIT, rngs, dtype)
+    self.norm2 = _layer_norm(dim, rngs, dtype)
+    self.ffn_in = _linear(dim, ffn_dim, ("embed", "mlp"), _RELU_INIT, rngs,
+                          dtype)
+    self.ffn_out = _linear(ffn_dim, dim, ("mlp", "embed"), _DENSE_INIT, rngs,
+                           dtype)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+  def _drop(self, x, train):
+    return x if self.dropout is None else self.dropout(x, deterministic=not train)
+
+  def __call__(self, x_btd: jax.Array, valid_bt: jax.Array, *,
+               train: bool = False) -> jax.Array:
+    """``[B, T, d] -> [B, T, d]``."""
+    b, t, d = x_btd.shape
+    qkv = self.qkv(self.norm1(x_btd)).reshape(b, t, 3, self.num_heads,
+                                             d // self.num_heads)
+    att_bthk = causal_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
+                                valid_bt)
+    x_btd = x_btd + self._drop(self.out(att_bthk.reshape(b, t, d)), train)
+    h_btf = self._drop(jax.nn.relu(self.ffn_in(self.norm2(x_btd))), train)
+    return x_btd + self._drop(self.ffn_out(h_btf), train)
+
+
+class SASRecEncoder(nnx.Module):
+  """Item sequences -> per-position features (see the module docstring).
+
+  Args:
+    num_items: C; item ids in ``[0, C)``, -1 for padding.
+    max_len: T, the positions (the sequences' fixed length).
+    embed_dim: d = ``out_features``.
+    num_blocks: self-attention blocks (>= 0).
+    num_heads: attention heads per block.
+    ffn_dim: feed-forward inner width; None: d.
+    dropout: dropout rate (embeddings, attention output, feed-forward).
+    dtype: computation dtype (parameters stay float32).
+    rngs: ``params`` and, with dropout, ``dropout``.
+
+  Attributes:
+    out_features: d.
+    item_embedding: ``nnx.Param [C, d]``, or None once :meth:`tie` is called.
+  """
+
+  def __init__(self, num_items: int, max_len: int, embed_dim: int, *,
+               num_blocks: int = 2, num_heads: int = 1,
+               ffn_dim: int | None = None, dropout: float = 0.0,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    if num_items < 1 or max_len < 1 or embed_dim < 1 or num_heads < 1:
+      raise ValueError("num_items, max_len, embed_dim and num_heads must be "
+                       f">= 1, got {num_items}, {max_len}, {embed_dim}, "
+                       f"{num_heads}")
+    if num_blocks < 0:
+      raise ValueError(f"num_blocks must be >= 0, got {num_blocks}")
+    if not 0.0 <= dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    self.num_items = int(num_items)
+    self.max_len = int(max_len)
+    self.out_features = int(embed_dim)
+    self.dtype = dtype
+    init = _partitioned(nnx.initializers.normal(1.0 / np.sqrt(embed_dim)),
+                        ("vocab", "embed"))
+    self.item_embedding = nnx.Param(
+        init(rngs.params(), (num_items, embed_dim), jnp.float32))
+    pos_init = _partitioned(nnx.initializers.normal(1.0 / np.sqrt(embed_dim)),
+                            (None, "embed"))
+    self.position_embedding = nnx.Param(
+        pos_init(rngs.params(), (max_len, embed_dim), jnp.float32))
+    ffn = int(ffn_dim or embed_dim)
+    self.blocks = nnx.List([
+        SelfAttentionBlock(embed_dim, num_heads, ffn, dropout=dropout,
+                           dtype=dtype, rngs=rngs) for _ in range(num_blocks)])
+    self.final_norm = _layer_norm(embed_dim, rngs, dtype)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+    self.tied_head = nnx.data(None)
+
+  def tie(self, head: nnx.Module) -> None:
+    """Reads the item table from ``head.kernel`` ``[d, >= C]`` from now on.
+
+    The encoder's own table is deleted; ``head`` stays the one owner of the
+    shared weights (the model's state holds them once).
+    """
+    kernel = head.kernel
+    if kernel.shape[0] != self.out_features or kernel.shape[1] < self.num_items:
+      raise ValueError(f"cannot tie a [{self.out_features}, {self.num_items}] "
+                       f"item table to a head kernel of shape {kernel.shape}")
+    self.item_embedding = nnx.data(None)
+    self.tied_head = nnx.data(head)
+
+  def item_table(self) -> jax.Array:
+    """float32 ``[C, d]``: the item embeddings (the head's, when tied)."""
+    if self.tied_head is None:
+      return self.item_embedding[...]
+    return self.tied_head.kernel[...][:, :self.num_items].T
+
+  def __call__(self, items: ArrayLike, *, train: bool = False) -> jax.Array:
+    """Encodes left-padded item sequences.
+
+    Args:
+      items: int ``[B, T]`` item ids, oldest first, -1 on padding.
+      train: enable dropout.
+
+    Returns:
+      ``[B, T, d]`` in ``dtype``, 0 at padded positions.
+    """
+    items_bt = jnp.asarray(items)
+    if not jnp.issubdtype(items_bt.dtype, jnp.integer):
+      raise TypeError(f"items must be integers, got {items_bt.dtype}")
+    if items_bt.ndim != 2 or items_bt.shape[1] != self.max_len:
+      raise ValueError(f"items must be [B, {self.max_len}], got "
+                       f"{items_bt.shape}")
+    valid_bt = items_bt >= 0
+    emb_btd = _take_rows(self.item_table(), jnp.where(valid_bt, items_bt, 0))
+    x_btd = (emb_btd * np.sqrt(self.out_features)
+             + self.position_embedding[...]).astype(self.dtype)
+    keep_bt1 = valid_bt[..., None].astype(self.dtype)
+    if self.dropout is not None:
+      x_btd = self.dropout(x_btd, deterministic=not train)
+    x_btd = x_btd * keep_bt1
+    for block in self.blocks:
+      x_btd = block(x_btd, valid_bt, train=train) * keep_bt1
+    return self.final_norm(x_btd) * keep_bt1

@@ -1,0 +1,372 @@
+"""Next-item pipeline: sequence sources, SASRec, per-position heads, metrics,
+the sampled protocol and the trainer end to end on a small interaction log."""
+
+import math
+import random
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mhe_jax import config_lib
+from mhe_jax import metrics
+from mhe_jax import train
+from mhe_jax.data import interactions
+from mhe_jax.data import pipeline
+from mhe_jax.nn import heads
+from mhe_jax.nn.models import Classifier
+from mhe_jax.nn.sequence import SASRecEncoder
+from mhe_jax.nn.sequence import causal_attention
+from mhe_jax.ops.codec import LabelCodec
+
+
+def left_pad(seq, width):
+  seq = list(seq)[-width:]
+  return [-1] * (width - len(seq)) + seq
+
+
+# ------------------------------------------------------------------ sources
+def test_sequence_source_matches_plain_python():
+  hist = [[3, 1, 4, 1, 5, 9, 2], [7], [2, 6], [8, 8, 0, 5]]
+  src = pipeline.SequenceSource(interactions.Sequences.from_lists(hist), 4)
+  assert len(src) == 3 and src.num_skipped == 1  # [7] gives no pair
+  batch = src.gather(np.array([0, 2, -1, 1]))
+  kept = [hist[0], hist[3], None, hist[2]]
+  for b, h in enumerate(kept):
+    if h is None:
+      assert (batch["items"][b] == -1).all() and (batch["labels"][b] == -1).all()
+      continue
+    assert batch["items"][b].tolist() == left_pad(h[:-1], 4)
+    assert batch["labels"][b].tolist() == left_pad(h[1:], 4)
+  counts = src.target_counts(10)
+  expected = np.bincount([i for h in hist for i in h[1:]], minlength=10)
+  np.testing.assert_array_equal(counts, expected)
+
+
+def test_sequence_eval_source_and_loader_padding():
+  examples = interactions.EvalExamples(
+      np.arange(3), interactions.Sequences.from_lists([[1, 2, 3, 4], [5], [6, 7]]),
+      np.array([9, 8, 0], np.int32))
+  src = pipeline.SequenceEvalSource(examples, 3)
+  assert src.max_history == 4
+  batches = list(pipeline.eval_loader(src, 2, process_index=0,
+                                      process_count=1, num_threads=0))
+  assert len(batches) == 2
+  last = batches[1]
+  assert last["mask"].tolist() == [True, False]
+  assert last["items"].tolist() == [[-1, 6, 7], [-1, -1, -1]]
+  assert last["labels"].tolist() == [0, -1]
+  assert batches[0]["items"].tolist() == [[2, 3, 4], [-1, -1, 5]]
+  assert batches[0]["history"].tolist() == [[1, 2, 3, 4], [-1, -1, -1, 5]]
+
+
+def test_sequence_train_loader_resumes_exactly():
+  rng = np.random.default_rng(0)
+  hist = [rng.integers(0, 20, rng.integers(2, 9)).tolist() for _ in range(37)]
+  src = pipeline.SequenceSource(interactions.Sequences.from_lists(hist), 5)
+  it = pipeline.train_loader(src, 8, seed=3, process_index=0, process_count=1,
+                             num_threads=0)
+  for _ in range(5):
+    next(it)
+  state = it.get_state()
+  expected = [next(it) for _ in range(4)]
+  it2 = pipeline.train_loader(src, 8, seed=3, process_index=0,
+                              process_count=1, num_threads=0)
+  it2.set_state(state)
+  for a in expected:
+    b = next(it2)
+    for key in ("items", "labels", "index"):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+# ------------------------------------------------------------------ SASRec
+def test_causal_attention_matches_numpy():
+  rng = np.random.default_rng(1)
+  q, k, v = (rng.normal(size=(2, 5, 2, 3)).astype(np.float32) for _ in range(3))
+  valid = np.array([[False, False, True, True, True], [True] * 5])
+  out = np.asarray(causal_attention(q, k, v, valid))
+  for b in range(2):
+    for h in range(2):
+      for t in range(5):
+        keys = [s for s in range(t + 1) if valid[b, s]]
+        if not keys:
+          np.testing.assert_array_equal(out[b, t, h], 0.)
+          continue
+        logit = np.array([q[b, t, h] @ k[b, s, h] for s in keys]) / math.sqrt(3)
+        w = np.exp(logit - logit.max())
+        w /= w.sum()
+        np.testing.assert_allclose(out[b, t, h], w @ v[b, keys, h], atol=1e-5)
+
+
+run = nnx.jit(lambda m, x, train: m(x, train=train), static_argnums=2)
+
+
+def test_sasrec_is_causal_and_ignores_padding():
+  enc = SASRecEncoder(30, 6, 16, num_blocks=2, num_heads=2, dropout=0.1,
+                      rngs=nnx.Rngs(0))
+  items = np.array([[-1, -1, 4, 7, 1, 9], [3, 5, 8, 2, 0, 6]], np.int32)
+  changed = items.copy()
+  changed[:, 4] = 11  # a later item changes positions >= 4 only
+  x, y = np.split(np.asarray(run(enc, np.concatenate([items, changed]),
+                                 False)), 2)
+  assert x.shape == (2, 6, 16)
+  np.testing.assert_array_equal(x[0, :2], 0.)  # padded positions
+  np.testing.assert_allclose(x[:, :4], y[:, :4], atol=1e-6)
+  assert np.abs(x[:, 4:] - y[:, 4:]).max() > 1e-3
+  # Dropout only with train=True.
+  assert np.abs(np.asarray(run(enc, np.concatenate([items, changed]), True))[:2]
+                - x).max() > 1e-3
+
+
+def test_tied_embeddings_read_the_head_kernel():
+  rngs = nnx.Rngs(0)
+  enc = SASRecEncoder(12, 4, 8, num_blocks=1, rngs=rngs)
+  head = heads.VanillaHead(8, 12, rngs=rngs)
+  untied = Classifier(nnx.clone(enc), nnx.clone(head), ("items",))
+  untied.encoder.item_embedding[...] = head.kernel[...].T
+  enc.tie(head)
+  np.testing.assert_array_equal(np.asarray(enc.item_table()),
+                                np.asarray(head.kernel[...]).T)
+  model = Classifier(enc, head, ("items",))
+  shapes = [x.shape for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+  assert shapes.count((8, 12)) == 1 and (12, 8) not in shapes  # stored once
+  # The shared kernel's gradient is the sum of its two uses' gradients.
+  batch = {"items": jnp.array([[1, 2, 3, 4], [-1, 5, 6, 0]]),
+           "labels": jnp.array([[2, 3, 4, 5], [-1, 6, 0, 9]]),
+           "mask": jnp.array([True, True])}
+  grad = nnx.jit(nnx.grad(lambda m: m.loss(batch, train=False)))
+  (g_tied,) = [x for x in jax.tree.leaves(grad(model)) if x.shape == (8, 12)]
+  g = grad(untied)
+  np.testing.assert_allclose(
+      np.asarray(g_tied),
+      np.asarray(g["head"]["kernel"][...])
+      + np.asarray(g["encoder"]["item_embedding"][...]).T, atol=1e-6)
+
+
+# ------------------------------------------------------- per-position heads
+def _heads(d, c):
+  codec = LabelCodec.balanced(c, 2)
+  return {
+      "vanilla": heads.VanillaHead(d, c, chunk_size=16, rngs=nnx.Rngs(1)),
+      "mhp": heads.MHPHead(d, codec, rngs=nnx.Rngs(1)),
+      "mhc": heads.MHCHead(d, codec, beam=16, hidden=8, rngs=nnx.Rngs(1)),
+      "mhs": heads.MHSHead(d, codec, 2, rngs=nnx.Rngs(1)),
+  }
+
+
+@pytest.mark.parametrize("name", ["vanilla", "mhp", "mhc", "mhs"])
+def test_position_loss_is_mean_over_labelled_positions(name):
+  c, t, d = 40, 5, 16
+  head = _heads(d, c)[name]
+  enc = SASRecEncoder(c, t, d, num_blocks=1, rngs=nnx.Rngs(0))
+  model = Classifier(enc, head, ("items",))
+  items = np.array([[-1, -1, 3, 9, 4], [5, 6, 7, 8, 9], [-1, 1, 2, 3, 4]],
+                   np.int32)
+  labels = np.array([[-1, -1, 9, 4, 11], [6, 7, 8, 9, 10], [-1, 2, 3, 4, 5]],
+                    np.int32)
+  mask = np.array([True, True, False])
+  batch = {"items": items, "labels": labels, "mask": mask}
+
+  @nnx.jit
+  def both(model, batch, rows):
+    # Reference: the head's plain [N, d] loss on the labelled positions only.
+    x_nd = model.features(batch).reshape(-1, d)[rows]
+    ref = model.head.loss(x_nd, batch["labels"].reshape(-1)[rows])
+    return model.loss(batch, train=False), ref, model.topk(batch, 3)[1], \
+        model.head.topk(model.features(batch)[:, -1], 3)[1]
+
+  rows = np.flatnonzero(((labels >= 0) & mask[:, None]).reshape(-1))
+  assert rows.size == 8
+  loss, ref, top, ref_top = both(model, batch, rows)
+  assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+  np.testing.assert_array_equal(np.asarray(top), np.asarray(ref_top))
+
+
+@pytest.mark.parametrize("name", ["vanilla", "mhp", "mhc", "mhs"])
+def test_label_scores_rank_like_the_dense_scores(name):
+  c, t, d = 40, 4, 16
+  head = _heads(d, c)[name]
+  enc = SASRecEncoder(c, t, d, num_blocks=1, rngs=nnx.Rngs(0))
+  model = Classifier(enc, head, ("items",))
+  batch = {"items": np.array([[-1, 3, 9, 4], [5, 6, 7, 8]], np.int32)}
+  query = np.array([[0, 7, 39, 12], [3, 3, 21, 5]], np.int32)
+  k = min(c, getattr(head, "max_k", c))
+
+  @nnx.jit
+  def both(model, batch, query):
+    x = model.features(batch)[:, -1]
+    return model.label_scores(batch, query), model.head.topk(x, k)
+
+  got, (scores_all, labels_all) = both(model, batch, jnp.asarray(query))
+  got, scores_all, labels_all = map(np.asarray, (got, scores_all, labels_all))
+  # Dense reference: every label's score from the head's own top-k over C.
+  dense = np.full((2, c), np.nan)
+  for b in range(2):
+    dense[b, labels_all[b]] = scores_all[b]
+  assert not np.isnan(np.take_along_axis(dense, query, 1)).any()
+  ref = np.take_along_axis(dense, query, 1)
+  if name in ("vanilla", "mhs"):  # logits vs log-softmax: a per-row shift
+    got = got - got[:, :1]
+    ref = ref - ref[:, :1]
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ metrics
+def brute_force_metrics(scores_bc, targets, history, ks):
+  """Dense scores ranked by argsort, history items (not the target) removed."""
+  out = {f"HR@{k}": 0.0 for k in ks} | {f"NDCG@{k}": 0.0 for k in ks}
+  for b in range(scores_bc.shape[0]):
+    s = scores_bc[b].astype(np.float64).copy()
+    for h in history[b]:
+      if h >= 0:
+        s[h] = -np.inf
+    order = np.argsort(-s, kind="stable")
+    rank = int(np.flatnonzero(order == targets[b])[0])
+    for k in ks:
+      if rank < k:
+        out[f"HR@{k}"] += 1
+        out[f"NDCG@{k}"] += 1 / math.log2(rank + 2)
+  return {key: v / scores_bc.shape[0] for key, v in out.items()}
+
+
+@pytest.mark.parametrize("xp", [np, jnp])
+def test_full_ranking_with_exclusion_matches_brute_force(xp):
+  rng = np.random.default_rng(0)
+  b, c, h, ks = 64, 50, 6, (1, 5, 10)
+  scores = rng.permutation(b * c).reshape(b, c).astype(np.float64)  # no ties
+  history = np.where(rng.random((b, h)) < 0.7, rng.integers(0, c, (b, h)), -1)
+  targets = np.array([rng.choice(np.setdiff1d(np.arange(c), history[i]))
+                      for i in range(b)])
+  top = np.argsort(-scores, 1)[:, :max(ks) + h]
+  kept = np.asarray(metrics.drop_excluded(xp.asarray(top),
+                                          xp.asarray(history), max(ks)))
+  acc = metrics.NextItemMetrics(ks)
+  acc.update(metrics.target_ranks(kept[:40], targets[:40]))
+  acc.update(metrics.target_ranks(kept[40:], targets[40:]))
+  got = acc.compute()
+  ref = brute_force_metrics(scores, targets, history, ks)
+  assert got == pytest.approx(ref)
+  # Without exclusion: the plain top-k.
+  plain = metrics.NextItemMetrics(ks)
+  plain.update(metrics.target_ranks(top[:, :10], targets))
+  assert plain.compute() == pytest.approx(
+      brute_force_metrics(scores, targets, np.full((b, 1), -1), ks))
+
+
+def test_drop_excluded_hand_case_and_masked_rows():
+  out = metrics.drop_excluded(np.array([[4, 2, 7, 1], [3, 5, -1, 6]]),
+                              np.array([[2, -1], [5, 3]]), 3)
+  assert out.tolist() == [[4, 7, 1], [6, -1, -1]]
+  acc = metrics.NextItemMetrics((1, 2))
+  acc.update(np.array([0, 1, metrics.NOT_RANKED, 0]),
+             mask=np.array([True, True, True, False]))
+  res = acc.compute()
+  assert res["HR@1"] == pytest.approx(1 / 3)
+  assert res["NDCG@2"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
+
+
+def test_sampled_ranks_brute_force_and_ties():
+  rng = np.random.default_rng(2)
+  t = rng.normal(size=20)
+  neg = rng.normal(size=(20, 100))
+  neg[3, :5] = t[3]  # ties rank against the target
+  ranks = metrics.sampled_ranks(t, neg)
+  for b in range(20):
+    assert ranks[b] == sum(1 for v in neg[b] if v >= t[b])
+  assert metrics.sampled_ranks(np.zeros(1), np.zeros((1, 100)))[0] == 100
+
+
+def test_popularity_negatives():
+  counts = np.array([100, 0, 5, 50, 1, 20, 7, 30])
+  examples = interactions.EvalExamples(
+      np.arange(2), interactions.Sequences.from_lists([[0, 3], [5]]),
+      np.array([2, 7], np.int32))
+  neg = interactions.popularity_negatives(counts, examples, 4, seed=0)
+  again = interactions.popularity_negatives(counts, examples, 4, seed=0)
+  np.testing.assert_array_equal(neg, again)
+  assert set(neg[0]) == {4, 5, 6, 7}  # all that is left (1 has count 0)
+  assert len(set(neg[1])) == 4 and not set(neg[1]) & {1, 5, 7}
+  with pytest.raises(ValueError, match="example 0 has 4 items"):
+    interactions.popularity_negatives(counts, examples, 5, seed=0)
+  # Draw frequencies follow popularity: item 0 (100) beats item 4 (1).
+  one = interactions.EvalExamples(
+      np.arange(400), interactions.Sequences.from_lists([[]] * 400),
+      np.full(400, 7, np.int32))
+  freq = np.bincount(interactions.popularity_negatives(counts, one, 1, 1)[:, 0],
+                     minlength=8)
+  assert freq[0] > 150 and freq[4] < 20 and freq[1] == 0
+
+
+# ------------------------------------------------------------- end to end
+def write_log(root, num_users=240, num_items=48, seed=0):
+  """Users walk the items in steps of +1 (mod C): next item = last + 1."""
+  rng = random.Random(seed)
+  lines = []
+  for u in range(1, num_users + 1):
+    start = rng.randrange(num_items)
+    for j in range(rng.randint(4, 10)):
+      lines.append(f"{u} {(start + j) % num_items + 1}")
+  path = root / "amazon_beauty"
+  path.mkdir()
+  (path / "interactions.txt").write_text("\n".join(lines) + "\n")
+
+
+def sequence_config(root, head, **overrides):
+  c = config_lib.base_config()
+  c.data.name = "amazon_beauty"
+  c.data.data_dir = str(root)
+  c.data.max_len = 6
+  c.encoder.type = "sasrec"
+  c.encoder.embed_dim = 32
+  c.encoder.num_blocks = 1
+  c.head.type = head
+  c.head.num_sampled_groups = 2
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.num_train_steps = 100
+  c.log_every = 50
+  c.checkpoint_every = 0
+  c.optimizer.learning_rate = 3e-3
+  c.eval.ks = (1, 5, 10)
+  c.eval.num_negatives = 20
+  return config_lib.override(c, overrides)
+
+
+@pytest.mark.parametrize("head,overrides", [
+    ("vanilla", {}), ("vanilla", {"head.tie_embeddings": True}), ("mhp", {}),
+    ("mhc", {}), ("mhs", {})])
+def test_trainer_learns_next_item(tmp_path, head, overrides):
+  write_log(tmp_path)
+  config = sequence_config(tmp_path, head, **overrides)
+  results = train.train_and_evaluate(config, tmp_path / "wd")
+  assert results["eval_split"] == "test" and results["num_classes"] == 48
+  for key in ("HR@1", "HR@5", "HR@10", "NDCG@1", "NDCG@5", "NDCG@10",
+              "sampled/HR@10", "sampled/NDCG@10"):
+    assert key in results, key
+  # Chance: HR@10 ~ 10/44 over the non-history items.
+  assert results["HR@10"] > 0.9, results
+  assert results["sampled/HR@1"] > 0.9, results
+
+
+def test_trainer_validation_split_and_no_exclusion(tmp_path):
+  write_log(tmp_path)
+  config = sequence_config(tmp_path, "mhp", num_train_steps=2, **{
+      "data.validation_fraction": 0.1, "eval.exclude_history": False,
+      "eval.num_negatives": 0})
+  trainer = train.Trainer(config, tmp_path / "wd")
+  assert trainer.data.eval_split == "validation"
+  ex = trainer.data.eval.examples
+  log = interactions.read_interactions(tmp_path / "amazon_beauty" /
+                                       "interactions.txt")
+  assert ex.targets[0] == log.sequences.sequence(0)[-2]
+  results = trainer.evaluate(trainer.init_state())
+  assert set(results) == {f"{m}@{k}" for m in ("HR", "NDCG") for k in (1, 5, 10)}
+
+
+def test_tie_embeddings_needs_vanilla_and_sasrec(tmp_path):
+  write_log(tmp_path)
+  config = sequence_config(tmp_path, "mhp", **{"head.tie_embeddings": True})
+  with pytest.raises(ValueError, match="tie_embeddings needs head.type='vanilla'"):
+    train.Trainer(config, tmp_path / "wd")
