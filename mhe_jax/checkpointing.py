@@ -4,10 +4,18 @@ A checkpoint holds the whole training state pytree (parameters, optimiser
 state, step; saved with ``StandardSave``, restored against a sharded abstract
 target) and the data iterator's JSON state. Orbax writes each step into a
 temporary directory and renames it when complete, so a crash mid-save leaves
-the previous checkpoints intact. :meth:`Checkpointer.restore_latest` walks
-back from the newest step and skips (with a warning) any checkpoint that
-fails to restore, e.g. one damaged on disk; it is renamed to
-``<step>.unreadable`` (kept, not deleted) so that step can be saved again.
+the previous checkpoints intact.
+
+:meth:`Checkpointer.restore_latest` tells two failures apart:
+
+* a checkpoint of a different structure (leaf paths, shapes or dtypes other
+  than the target's, read from the checkpoint's metadata before any array)
+  raises :class:`CheckpointMismatchError` and leaves every checkpoint where
+  it is: the config asks for another model than the one saved;
+* a damaged checkpoint (unreadable metadata or files, truncated arrays,
+  non-finite values) is skipped with a warning and renamed to
+  ``<step>.unreadable`` (kept, not deleted, so that step can be saved
+  again), and the next older one is tried.
 
 Example::
 
@@ -25,6 +33,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -58,6 +67,88 @@ def _key_data_sharding(sharding, data):
                                     jax.sharding.PartitionSpec(*spec))
 
 
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's structure (paths, shapes, dtypes) is not the target's."""
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint's arrays are unusable (non-finite values)."""
+
+
+def _path_name(path) -> str:
+  """``('0', 'head', 'kernel', 'value')`` -> ``"0/head/kernel/value"``."""
+  parts = []
+  for entry in path:
+    for attr in ("key", "idx", "name"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+    else:
+      parts.append(str(entry))
+  return "/".join(parts)
+
+
+def _dtype_name(dtype) -> str:
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return str(dtype)
+  return np.dtype(dtype).name
+
+
+def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """Leaf path -> (shape, dtype name) of arrays or array metadata."""
+  return {_path_name(path): (tuple(leaf.shape), _dtype_name(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _layout_differences(got: Any, want: Any, limit: int = 8) -> list[str]:
+  """Human-readable differences between two trees' layouts (at most limit)."""
+  a, b = _layout(got), _layout(want)
+  out = []
+  for name in sorted(set(a) | set(b)):
+    if name not in a:
+      out.append(f"{name}: missing (expected {b[name][0]} {b[name][1]})")
+    elif name not in b:
+      out.append(f"{name}: {a[name][0]} {a[name][1]} is not in the target")
+    elif a[name] != b[name]:
+      out.append(f"{name}: {a[name][0]} {a[name][1]}, expected "
+                 f"{b[name][0]} {b[name][1]}")
+  if len(out) > limit:
+    out = out[:limit] + [f"... and {len(out) - limit} more"]
+  return out
+
+
+def check_finite_structure(state: Any, abstract_state: Any, *,
+                           where: str = "the checkpoint") -> None:
+  """Checks a restored state against its target, leaf by leaf.
+
+  Args:
+    state: the restored pytree of arrays.
+    abstract_state: the target (arrays or ``jax.ShapeDtypeStruct``).
+    where: names the checkpoint in error messages.
+
+  Raises:
+    CheckpointMismatchError: a different leaf count, leaf paths, shapes or
+      dtypes (the checkpoint holds another model).
+    DamagedCheckpointError: a floating-point leaf holds NaN or infinity.
+  """
+  n_got = len(jax.tree.leaves(state))
+  n_want = len(jax.tree.leaves(abstract_state))
+  diffs = _layout_differences(state, abstract_state)
+  if n_got != n_want or diffs:
+    raise CheckpointMismatchError(
+        f"{where} does not hold the expected state ({n_got} arrays, "
+        f"expected {n_want}): " + "; ".join(diffs or ["leaf paths differ"]))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    if (jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        or not jnp.issubdtype(leaf.dtype, jnp.inexact)):
+      continue
+    bad = int(np.size(leaf)) - int(jnp.isfinite(leaf).sum())
+    if bad:
+      raise DamagedCheckpointError(
+          f"{where}: {_path_name(path)} holds {bad} non-finite value(s) of "
+          f"{np.size(leaf)}")
+
+
 def _from_savable(tree: Any, like: Any) -> Any:
   def one(x, ref):
     if jax.dtypes.issubdtype(ref.dtype, jax.dtypes.prng_key):
@@ -76,9 +167,12 @@ class Checkpointer:
     self.directory = pathlib.Path(directory).absolute()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    # Handlers named up front, so a step's metadata can be read (restore
+    # checks it) before anything was saved or restored in this process.
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_names=("state", "data"))
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state: Any, data_state: dict[str, Any],
            *, force: bool = True) -> None:
@@ -96,37 +190,67 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def restore_latest(self, abstract_state: Any):
-    """``(step, state, data_state)`` of the newest readable checkpoint.
+    """``(step, state, data_state)`` of the newest usable checkpoint.
+
+    Damaged checkpoints (see the module docstring) are set aside with a
+    warning and the next older one is tried.
 
     Args:
       abstract_state: pytree of ``jax.ShapeDtypeStruct`` with shardings, the
         layout to restore into.
 
     Returns:
-      None when there is no readable checkpoint.
+      None when there is no usable checkpoint.
+
+    Raises:
+      CheckpointMismatchError: a readable checkpoint of a different
+        structure than ``abstract_state``; nothing is moved.
     """
     target = _abstract_savable(abstract_state)
     for step in reversed(self.all_steps()):
+      where = f"checkpoint {step} in {self.directory}"
+      try:
+        saved = self.manager.item_metadata(step)["state"]
+        if saved is None:
+          raise ValueError("no state metadata")
+        diffs = _layout_differences(saved, target)
+      except Exception as e:  # pylint: disable=broad-except
+        self._skip_damaged(step, e)
+        continue
+      if diffs:
+        raise CheckpointMismatchError(
+            f"{where} holds a state of a different structure than this "
+            "config builds: " + "; ".join(diffs) + ". Its config.json "
+            "matches in every key that shapes the model, so the difference "
+            "comes from the data or the device layout (e.g. a class-sharded "
+            "vanilla head pads its classes to the classes mesh axis). "
+            "Nothing was moved: train in a new workdir, use the previous "
+            "layout, or start over with --fresh / "
+            "train_and_evaluate(..., fresh=True).")
       try:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target),
                 data=ocp.args.JsonRestore()))
         state = _from_savable(restored["state"], abstract_state)
-        _check_finite_structure(state, abstract_state)
+        check_finite_structure(state, abstract_state, where=where)
+      except CheckpointMismatchError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
-        # A damaged or partial checkpoint: say so and fall back to an older
-        # one rather than losing the run.
-        aside = self._set_aside(step)
-        logging.warning(
-            "checkpoint %d in %s is unreadable, skipping it (moved to %s): "
-            "%s: %s", step, self.directory, aside, type(e).__name__, e)
+        self._skip_damaged(step, e)
         continue
       return step, state, dict(restored["data"])
     return None
 
+  def _skip_damaged(self, step: int, error: Exception) -> None:
+    aside = self._set_aside(step)
+    logging.warning(
+        "checkpoint %d in %s is damaged, skipping it (moved to %s; an older "
+        "checkpoint is tried next): %s: %s", step, self.directory, aside,
+        type(error).__name__, error)
+
   def _set_aside(self, step: int) -> pathlib.Path:
-    """Renames an unreadable step directory so the step can be saved again.
+    """Renames a damaged step directory so the step can be saved again.
 
     Nothing is deleted: the damaged files stay for inspection.
     """
@@ -143,10 +267,3 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
-
-
-def _check_finite_structure(state, abstract_state):
-  """Raises if shapes or dtypes differ from the target (a foreign checkpoint)."""
-  for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(abstract_state)):
-    if np.shape(got) != tuple(want.shape):
-      raise ValueError(f"restored shape {np.shape(got)} != expected {want.shape}")

@@ -281,7 +281,7 @@ def load(path: PathLike, *, step: int | None = None,
         f"checkpoint {step_dir} does not hold the model that "
         f"{workdir / CONFIG_FILE} describes: {type(e).__name__}: {e}") from None
   state = restored[0]
-  checkpointing._check_finite_structure(state, target)  # pylint: disable=protected-access
+  checkpointing.check_finite_structure(state, target, where=str(step_dir))
   graphdef, state = nnx.split(nnx.merge(graphdef, rng_state, state))
   logging.info("loaded %s (%s head, %d classes) from %s", config.name,
                config.head.type, info["num_classes"], step_dir)

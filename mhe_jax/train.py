@@ -6,9 +6,19 @@ for every key), creates the state already sharded (``nnx.eval_shape`` ->
 logical partition specs -> ``NamedSharding`` -> ``jit(init,
 out_shardings=...)``), trains with a jitted, donating
 ``train_step(state, batch, rng)`` whose rng is ``fold_in(key, step)``,
-checkpoints with orbax (resuming automatically from the newest readable
+checkpoints with orbax (resuming automatically from the newest usable
 checkpoint in ``workdir``), evaluates by decoding straight to top-k labels,
 and writes ``workdir/results.json``.
+
+One trainer at a time holds a workdir (:func:`mhe_jax.workdir.lock`). A run
+resumes only when its config matches the saved ``workdir/config.json`` in
+every key that shapes the state (:data:`mhe_jax.workdir.KEY_EFFECTS`);
+otherwise it refuses before building anything, unless ``fresh=True``, which
+first moves the old run into ``workdir/archive/<time>/``. A run that resumes
+at or past ``num_train_steps`` trains nothing: it re-evaluates the restored
+checkpoint and returns the results without writing ``results.json``,
+``metrics.jsonl`` or ``config.json`` (they stay those of the run that
+trained).
 
 Example::
 
@@ -41,8 +51,14 @@ from mhe_jax import metrics as metrics_lib
 from mhe_jax import registry
 from mhe_jax import sequence_eval
 from mhe_jax import sharding as sharding_lib
+from mhe_jax import workdir as workdir_lib
 from mhe_jax import writers
 from mhe_jax.data import pipeline
+
+# What train_and_evaluate raises when it refuses to start in a workdir (a
+# config that does not match the saved run, a workdir another trainer holds,
+# a checkpoint of another structure); the message says what to do.
+REFUSALS = (workdir_lib.WorkdirError, checkpointing.CheckpointMismatchError)
 
 
 def _mesh_and_rules(config):
@@ -179,14 +195,43 @@ class Trainer:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Trains, checkpoints and evaluates; returns (and writes) the results."""
+                       workdir: str | pathlib.Path, *,
+                       fresh: bool = False) -> dict[str, Any]:
+  """Trains, checkpoints and evaluates; returns (and writes) the results.
+
+  Args:
+    config: the run's config (:func:`mhe_jax.config_lib.base_config` keys).
+    workdir: the run's directory; an existing run in it is resumed.
+    fresh: start over: move the run already in ``workdir`` (checkpoints,
+      results, metrics, config) into ``workdir/archive/<time>/`` first.
+
+  Returns:
+    The results dict (what ``results.json`` holds).
+
+  Raises:
+    mhe_jax.workdir.ConfigMismatchError: ``workdir`` holds a run whose
+      config differs in a key that changes the state (and not ``fresh``).
+    mhe_jax.workdir.WorkdirLockedError: another trainer holds ``workdir``.
+    mhe_jax.checkpointing.CheckpointMismatchError: a checkpoint of another
+      structure than ``config`` builds.
+  """
   writers.quiet_library_logs()
+  leader = jax.process_index() == 0
+  with workdir_lib.lock(workdir, enabled=leader):
+    if fresh:
+      if leader:
+        workdir_lib.archive(workdir)
+    else:
+      workdir_lib.check_resume(workdir, config)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("mhe_jax.train workdir ready")
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir):
+  """train_and_evaluate in a workdir this process may train in."""
   trainer = Trainer(config, workdir)
   workdir = trainer.workdir
-  if jax.process_index() == 0:  # what mhe_jax.load needs to rebuild the model
-    inference.write_model_info(workdir, config, trainer.data)
-  writer = writers.create_writer(workdir)
   num_steps = config.num_train_steps
 
   train_iter = iter(pipeline.train_loader(trainer.data.train, config.batch_size,
@@ -204,6 +249,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     step, state, data_state = restored
     train_iter.set_state(data_state)
     logging.info("resumed from checkpoint %d in %s", step, workdir)
+  will_train = step < num_steps
+  if will_train and jax.process_index() == 0:
+    # What mhe_jax.load needs to rebuild the model.
+    inference.write_model_info(workdir, config, trainer.data)
+  # A run that trains nothing leaves the metrics of the run that trained.
+  writer = (writers.create_writer(workdir) if will_train else
+            writers.MetricWriter(workdir, enabled=False))
   writer.write_scalars(step, {"num_params": trainer.num_params})
 
   progress = writers.Progress(num_steps, first_step=step)
@@ -265,7 +317,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "num_processes": jax.process_count(),
       **eval_results,
   }
-  if jax.process_index() == 0:
+  if not will_train:
+    logging.warning(
+        "checkpoint %d in %s is at or past num_train_steps=%d: nothing was "
+        "trained; re-evaluated it (%s) without writing results.json or "
+        "metrics, which stay those of the run that trained", step, workdir,
+        num_steps, ", ".join(f"{k}={v:.4g}" for k, v in eval_results.items()
+                             if isinstance(v, float)))
+  elif jax.process_index() == 0:
     (workdir / "results.json").write_text(json.dumps(results, indent=1))
   writer.close()
   trainer.checkpointer.close()
