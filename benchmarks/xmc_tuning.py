@@ -47,7 +47,9 @@ _BLEND_GRID = flags.DEFINE_string(
     "blend_grid", None, "--blend: a JSON object with lists 'k', 'power', "
     "'weight' replacing xmc_accuracy.KNN_GRID (e.g. to look past its edge).")
 
-_CONFIG = flags.DEFINE_string("config", None, "Config module to start from.")
+_CONFIG = flags.DEFINE_string(
+    "config", None, "Config module to start from, optionally with its "
+    "argument: configs/citeulike_t.py:head=mhc.")
 _SET = flags.DEFINE_multi_string(
     "set", [], "KEY=VALUE override (VALUE a python literal), repeatable.")
 _VALIDATION = flags.DEFINE_float("validation_fraction", 0.2,
@@ -131,8 +133,9 @@ def main(argv):
     return
   from mhe_jax import train  # pylint: disable=g-import-not-at-top
   overrides = dict(parse_override(s) for s in _SET.value)
+  path, _, arg = _CONFIG.value.partition(":")  # configs/x.py:head=mhc
   config = config_lib.override(
-      xmc_accuracy.load_config(pathlib.Path(_CONFIG.value), None), overrides,
+      xmc_accuracy.load_config(pathlib.Path(path), arg or None), overrides,
       where=f"--set of {_CONFIG.value}")
   config.data.validation_fraction = _VALIDATION.value
   config.checkpoint_every = 0
@@ -166,7 +169,7 @@ def main(argv):
   assert results["eval_split"] == "validation", results["eval_split"]
   trial = {
       "dataset": results["dataset"],
-      "config": pathlib.Path(_CONFIG.value).stem,
+      "config": pathlib.Path(path).stem + (f":{arg}" if arg else ""),
       "overrides": {k: list(v) if isinstance(v, tuple) else v
                     for k, v in overrides.items()},
       "validation_fraction": _VALIDATION.value,

@@ -52,6 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_len = 50         # Interaction data: positions per sequence (its
                               # last max_len items); 50 is SASRec's Beauty setting.
   c.data.max_features = 0     # Padded features per example; 0 -> longest row.
+  # >0: training rows keep their this-many features of largest tf-idf (ties:
+  # lower feature id) and are padded to it; evaluation rows are never cut.
+  c.data.train_max_features = 0
   c.data.max_labels = 0       # Padded labels per example; 0 -> longest row.
 
   c.batch_size = 256          # Global training batch size.
@@ -79,11 +82,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.radices = ()         # Explicit radices; () -> balanced for num_heads.
   c.head.beam = 16            # mhc: prefixes kept per level.
   c.head.hidden = 64          # mhc: prefix embedding / projection width.
+  c.head.child_embedding = "gated"  # mhc levels 2..H: gated | table (a row per child).
   c.head.num_sampled_groups = 64  # mhs: groups (of r_2.. classes) per step.
-  c.head.multilabel_loss = "bce"  # vanilla/mhp multi-label loss: bce | softmax.
+  c.head.multilabel_loss = "bce"  # vanilla/mhp/mhc multi-label loss: bce | softmax.
   c.head.chunk_size = 0       # vanilla: class chunk; 0 -> the head's default.
   c.head.tie_embeddings = False  # vanilla + sasrec: the classifier kernel is the
                               # encoder's item embedding table (one [C, d] matrix).
+  # vanilla / mhs classifier bias at init: 'zeros', or 'prior' (the training
+  # label frequencies: logit(p_l) for BCE, log(p_l) for a softmax), which
+  # keeps a C-way BCE's first steps from pushing every logit down at once.
+  c.head.bias_init = "zeros"
   # unidec / lightdxml (mhe_jax.nn.unidec, mhe_jax.nn.lightdxml): shortlists.
   c.head.num_picked = 3       # Positives picked per example per step (PSL k).
   c.head.num_hard_negatives = 16  # Shortlisted labels per example per step.
@@ -132,6 +140,50 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.axis_type = "explicit"  # explicit | auto.
   c.mesh.rules = sharding.DEFAULT_RULES  # Logical name -> mesh axis.
   return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """A config module's ``get_config(arg)`` argument, big_vision style.
+
+  ``arg`` is a comma-separated list of ``name=value`` or bare ``name``
+  (meaning True) items, e.g. ``'head=mhc,runlocal'`` from
+  ``--config=configs/citeulike_t.py:head=mhc,runlocal``. Every name must be
+  one of ``defaults``; values take the type of their default.
+
+  Example::
+
+    args = parse_arg("head=mhc,runlocal", head="best", runlocal=False)
+    args.head, args.runlocal   # 'mhc', True
+  """
+  out = ml_collections.ConfigDict(dict(defaults))
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    name, sep, value = item.partition("=")
+    name = name.strip()
+    if name not in defaults:
+      raise ValueError(f"unknown config argument {name!r} in {arg!r}; known: "
+                       f"{sorted(defaults)}")
+    default = defaults[name]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {name!r} needs a value "
+                         f"({name}=...), got {arg!r}")
+      out[name] = True
+    elif isinstance(default, bool):
+      if value.strip().lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {name}={value!r}: not a boolean")
+      out[name] = value.strip().lower() in ("true", "1")
+    elif isinstance(default, int):
+      try:
+        out[name] = int(value)
+      except ValueError:
+        raise ValueError(f"config argument {name}={value!r}: not an "
+                         "integer") from None
+    else:
+      out[name] = type(default)(value.strip())
+  return out
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -17,6 +17,7 @@ import pathlib
 from typing import Any, Callable
 
 from flax import nnx
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -133,14 +134,20 @@ def _xmc_dataset(train: formats.XMCData, test: formats.XMCData,
   widths["max_features"] = widths["max_features"] or max(longest_f, 1)
   widths["max_labels"] = widths["max_labels"] or max(longest_l, 1)
   counts = np.asarray(train.Y.sum(axis=0)).ravel().astype(np.int64)
+  idf = encoders.SparseMLPEncoder.idf_from_csr(train.X)
+  train_widths = dict(widths)
+  cut = cfg.get("train_max_features", 0)
+  if cut:
+    train_widths.update(max_features=cut, truncate_features=True,
+                        feature_weights=idf)
   return Dataset(
-      train=pipeline.SparseSource(train, single_label=single_label, **widths),
+      train=pipeline.SparseSource(train, single_label=single_label,
+                                  **train_widths),
       eval=pipeline.SparseSource(test, single_label=single_label, **widths),
       num_classes=train.num_labels, multilabel=not single_label,
       input_keys=("feature_ids", "feature_values"),
       input_size=train.num_features, label_counts=counts,
-      num_train=train.num_examples,
-      idf=encoders.SparseMLPEncoder.idf_from_csr(train.X),
+      num_train=train.num_examples, idf=idf,
       label_names=train.label_names, eval_split=eval_split)
 
 
@@ -359,10 +366,48 @@ def make_codec(cfg: ml_collections.ConfigDict, num_classes: int,
       label_order_lib.label_permutation(order, codec, seed=seed))
 
 
+def prior_bias(label_counts: np.ndarray, num_train: int, *,
+               sigmoid: bool) -> np.ndarray:
+  """float32 ``[C]`` classifier bias matching the training label frequencies.
+
+  ``p_l = (n_l + 0.5) / (N + 1)`` (so unseen labels get a small, finite
+  prior); the bias is ``logit(p_l)`` for per-label sigmoids (BCE) and
+  ``log p_l`` for a softmax. A C-way BCE head started at bias 0 predicts
+  0.5 for every label, and its first gradients push all C logits down at
+  once through the shared encoder; started at the prior, the negatives'
+  gradient is already near 0.
+  """
+  counts = np.asarray(label_counts, np.float64)
+  p = (counts + 0.5) / (float(num_train) + 1.0)
+  bias = np.log(p) - (np.log1p(-p) if sigmoid else 0.0)
+  return bias.astype(np.float32)
+
+
+def _bias_initializer(cfg, data: Dataset, *, sigmoid: bool):
+  """The head's bias initializer for ``cfg.bias_init`` (zeros | prior)."""
+  kind = cfg.get("bias_init", "zeros")
+  if kind == "zeros":
+    return nnx.initializers.zeros_init()
+  if kind != "prior":
+    raise ValueError(f"config.head.bias_init={kind!r}; known: "
+                     "['prior', 'zeros']")
+  bias = prior_bias(data.label_counts, data.num_train, sigmoid=sigmoid)
+
+  def init(key, shape, dtype=np.float32):
+    del key
+    if tuple(shape) != bias.shape:
+      raise ValueError(f"prior bias of shape {bias.shape} for a bias of "
+                       f"shape {tuple(shape)}")
+    return jnp.asarray(bias, dtype)
+  return init
+
+
 def _vanilla(cfg, in_features, data: Dataset, rngs, mesh=None):
   kw = {}
   if cfg.chunk_size:
     kw["chunk_size"] = cfg.chunk_size
+  sigmoid = data.multilabel and cfg.multilabel_loss == "bce"
+  kw["bias_init"] = _bias_initializer(cfg, data, sigmoid=sigmoid)
   return heads.VanillaHead(in_features, data.num_classes,
                            multilabel=data.multilabel,
                            multilabel_loss=cfg.multilabel_loss, mesh=mesh,
@@ -378,7 +423,9 @@ def _mhp(cfg, in_features, data: Dataset, rngs, mesh=None):
 def _mhc(cfg, in_features, data: Dataset, rngs, mesh=None):
   return heads.MHCHead(in_features, make_codec(cfg, data.num_classes, data),
                        beam=cfg.beam, hidden=cfg.hidden,
-                       multilabel=data.multilabel, rngs=rngs)
+                       multilabel=data.multilabel,
+                       multilabel_loss=cfg.multilabel_loss,
+                       child_embedding=cfg.child_embedding, rngs=rngs)
 
 
 def _mhs(cfg, in_features, data: Dataset, rngs, mesh=None):

@@ -216,3 +216,16 @@ def test_jit_matches_eager():
   chex.assert_trees_all_equal(
       fn([jnp.asarray(t) for t in tables]),
       cascade.cascade_topk(tables[0], table_fn(tables), codec, 3, 7))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
+def test_positions_equal_python_index(n):
+  rng = np.random.default_rng(n)
+  codes = np.stack([rng.permutation(40)[:n] for _ in range(6)])
+  codes[0, 0] = -1  # never matched
+  queries = rng.integers(-2, 40, (6, 16))
+  queries[1, :n] = codes[1]  # every code of a row found
+  got = np.asarray(cascade.positions(codes, queries))
+  ref = [[list(codes[b]).index(v) if v >= 0 and v in codes[b] else -1
+          for v in queries[b]] for b in range(6)]
+  np.testing.assert_array_equal(got, ref)

@@ -32,7 +32,17 @@ CONFIGS = {  # name: (codec, multilabel)
     "h2": (LabelCodec((6, 4), 19), False),          # n = (5, 19); group 5 void
     "h3": (LabelCodec((4, 3, 5), 31), False),       # n = (3, 7, 31)
     "h3_multilabel": (LabelCodec((4, 3, 5), 31), True),
+    "h3_table": (LabelCodec((4, 3, 5), 31), False),
+    "h3_multilabel_table": (LabelCodec((4, 3, 5), 31), True),
+    "h3_multilabel_softmax": (LabelCodec((4, 3, 5), 31), True),
+    "h3_multilabel_softmax_table": (LabelCodec((4, 3, 5), 31), True),
 }
+
+
+def variant(name):
+  """(child_embedding, multilabel_loss) of a CONFIGS entry."""
+  return ("table" if name.endswith("_table") else "gated",
+          "softmax" if "_softmax" in name else "bce")
 # Loss labels (fixed, so each configuration compiles once).
 LABELS = {
     False: np.array([0, 18, 17, -1, 5, 9]),
@@ -42,9 +52,11 @@ LABELS = {
 WHERE = np.array([True, True, True, True, True, False])
 
 
-def make_head(codec, beam, multilabel=False, hidden=5, seed=0):
+def make_head(codec, beam, multilabel=False, hidden=5, seed=0,
+              child_embedding="gated", multilabel_loss="bce"):
   return MHCHead(D, codec, beam=beam, hidden=hidden, multilabel=multilabel,
-                 rngs=nnx.Rngs(seed))
+                 multilabel_loss=multilabel_loss,
+                 child_embedding=child_embedding, rngs=nnx.Rngs(seed))
 
 
 def features(batch, seed=0):
@@ -72,8 +84,11 @@ def probe(name):
   """
   codec, multilabel = CONFIGS[name]
   full_beam = cascade.valid_prefix_counts(codec)[-2]
-  full = make_head(codec, full_beam, multilabel)
-  small = make_head(codec, SMALL_BEAM, multilabel)
+  kind, loss = variant(name)
+  full = make_head(codec, full_beam, multilabel, child_embedding=kind,
+                   multilabel_loss=loss)
+  small = make_head(codec, SMALL_BEAM, multilabel, child_embedding=kind,
+                    multilabel_loss=loss)
   c = codec.num_classes
 
   @nnx.jit
@@ -95,7 +110,8 @@ def probe(name):
 
   out = jax.tree.map(np.asarray, run(full, small, features(B), LABELS[
       multilabel], WHERE))
-  out["logps"] = np_level_tables(out["tables"], codec, multilabel)
+  sigmoid = multilabel and loss == "bce"  # the scoring rule
+  out["logps"] = np_level_tables(out["tables"], codec, sigmoid)
   out["brute"] = np_all_scores(out["logps"], codec)  # [B, C]
   return out
 
@@ -203,12 +219,31 @@ def np_multilabel_loss(out, codec, labels, where):
   return (losses * valid).sum() / max(valid.sum(), 1)
 
 
+def np_label_set_softmax_loss(out, codec, labels, where):
+  """Mean over valid examples of -(1/|Y|) sum_y log P(y) over the labels
+  whose prefixes the forced beam keeps at every level."""
+  kept = np_forced_beam(out["logps"], codec, SMALL_BEAM, labels)
+  losses, valid = [], []
+  for i in range(labels.shape[0]):
+    truth = labels[i][labels[i] >= 0]
+    reached = [y for y in truth
+               if all(y // s in kept[i][h]
+                      for h, s in enumerate(codec.strides[:-1]))]
+    logp = [out["brute"][i, y] for y in reached]
+    losses.append(-np.mean(logp) if logp else 0.)
+    valid.append(len(truth) > 0 and where[i])
+  losses, valid = np.array(losses), np.array(valid)
+  return (losses * valid).sum() / max(valid.sum(), 1)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_loss_equals_numpy(name):
   codec, multilabel = CONFIGS[name]
   out = probe(name)
   labels = LABELS[multilabel]
-  if multilabel:
+  if multilabel and variant(name)[1] == "softmax":
+    expected = np_label_set_softmax_loss(out, codec, labels, WHERE)
+  elif multilabel:
     expected = np_multilabel_loss(out, codec, labels, WHERE)
   else:  # the mean negative log-likelihood along the true path
     logp = out["sample_log_probs"]
@@ -239,6 +274,28 @@ def test_child_logits_parameterisation():
   assert head.prefix_embed[1].embedding.shape == (7, 5)  # n_2 rows
 
 
+def test_child_table_parameterisation():
+  codec = LabelCodec((4, 3, 5), 31)  # n = (3, 7, 31)
+  head = make_head(codec, beam=2, child_embedding="table")
+  x = features(3)
+  prefixes = np.array([[0, 6], [3, 3], [5, 1]])
+  out = head.child_logits(x, 3, prefixes)
+  u = np.asarray(x) @ head.proj[1].kernel[...] + head.proj[1].bias[...]
+  table = np.asarray(head.child_table[1][...])
+  bias = np.asarray(head.child_bias[1][...])
+  ref = np.zeros((3, 2, 5), np.float32)
+  for b in range(3):
+    for w in range(2):
+      for j in range(5):
+        q = prefixes[b, w] * 5 + j
+        ref[b, w, j] = u[b] @ table[q] + bias[q]
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  assert head.child_table[0].shape == (3 * 3, 5)   # n_1 * r_2 rows
+  assert head.child_table[1].shape == (7 * 5, 5)   # n_2 * r_3 rows
+  with pytest.raises(ValueError, match="child_embedding must be one of"):
+    make_head(codec, beam=2, child_embedding="dense")
+
+
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_loss_masking(multilabel):
   codec = LabelCodec((6, 4), 19)
@@ -265,11 +322,14 @@ def test_loss_masking(multilabel):
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("multilabel", [False, True])
-def test_check_grads(multilabel):
-  # H = 3 for the chain of CEs; H = 2 for the BCE over the forced beam.
+@pytest.mark.parametrize("multilabel,loss,kind", [
+    (False, "bce", "gated"), (True, "bce", "gated"),
+    (True, "softmax", "gated"), (True, "softmax", "table")])
+def test_check_grads(multilabel, loss, kind):
+  # H = 3 for the chain of CEs; H = 2 for the losses over the forced beam.
   codec = LabelCodec((6, 4), 19) if multilabel else LabelCodec((4, 3, 5), 31)
-  head = make_head(codec, beam=2, multilabel=multilabel)
+  head = make_head(codec, beam=2, multilabel=multilabel, multilabel_loss=loss,
+                   child_embedding=kind)
   graphdef, state = nnx.split(head)
   flat, unflatten = ravel_pytree(state)  # one leaf: fewer eager compiles
   x = features(3, seed=6)
@@ -299,11 +359,12 @@ def test_no_retrace():
     assert np.all(np.diff(np.asarray(scores), axis=1) <= 0)
 
 
-def test_batch_sharded_over_8_devices():
+@pytest.mark.parametrize("kind", ["gated", "table"])
+def test_batch_sharded_over_8_devices(kind):
   mesh = jax.make_mesh((8,), ("data",),
                        axis_types=(jax.sharding.AxisType.Explicit,))
   codec = LabelCodec((6, 4), 19)
-  head = make_head(codec, beam=2, multilabel=True)
+  head = make_head(codec, beam=2, multilabel=True, child_embedding=kind)
   x = features(16, seed=7)
   labels = jnp.asarray(np.random.default_rng(7).integers(-1, 19, (16, 3)))
   f = nnx.jit(lambda m, x, y: (m.topk(x, 5), m.loss(x, y)))

@@ -346,3 +346,42 @@ def test_grain_orbax_checkpoint_handler(tmp_path):
   restored = _train(source, 4)
   handler.restore(tmp_path, args=grain.checkpoint.CheckpointRestore(restored))
   _assert_batches_equal(_take(restored, 3), _take(it, 3))
+
+
+def _keep_largest_reference(dense, width, weights):
+  out = np.zeros_like(dense)
+  for i, row in enumerate(dense):
+    cols = [j for j in range(row.size) if row[j] != 0]
+    cols.sort(key=lambda j: (-abs(row[j] * weights[j]), j))
+    out[i, cols[:width]] = row[cols[:width]]
+  return out
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 10])
+def test_keep_largest_equals_python_reference(width):
+  rng = np.random.default_rng(width)
+  dense = rng.integers(0, 4, (9, 7)).astype(np.float32) * (
+      rng.random((9, 7)) < 0.6)
+  dense[0] = 0  # an empty row
+  dense[1] = 2.0  # all tied: the lower columns win
+  weights = rng.choice([0.5, 1.0, 2.0], 7)
+  got = pipeline.keep_largest(sp.csr_matrix(dense), width, weights)
+  assert got.has_sorted_indices
+  np.testing.assert_array_equal(got.toarray(),
+                                _keep_largest_reference(dense, width, weights))
+  plain = pipeline.keep_largest(sp.csr_matrix(dense), width)
+  np.testing.assert_array_equal(
+      plain.toarray(), _keep_largest_reference(dense, width, np.ones(7)))
+
+
+def test_truncated_source_pads_to_the_width():
+  dense = np.array([[1, 2, 3, 4], [0, 5, 0, 0], [9, 0, 0, 8]], np.float32)
+  data = formats.XMCData(sp.csr_matrix(dense), sp.csr_matrix(np.eye(3, 2)))
+  src = pipeline.SparseSource(data, max_features=2, truncate_features=True)
+  batch = src.gather(np.array([0, 1, 2]))
+  np.testing.assert_array_equal(batch["feature_ids"],
+                                [[2, 3], [1, -1], [0, 3]])
+  np.testing.assert_array_equal(batch["feature_values"],
+                                [[3, 4], [5, 0], [9, 8]])
+  with pytest.raises(ValueError, match="more than the given maximum 2"):
+    pipeline.SparseSource(data, max_features=2)

@@ -8,6 +8,7 @@ compilation dominates the time of these small problems.
 """
 
 import functools
+import math
 
 import chex
 from dense_reference import C, D, optax_bce, optax_ce, optax_softmax_sets
@@ -196,3 +197,25 @@ def test_multilabel_head_learns_label_sets_without_retracing(multilabel_loss):
   _, top1 = nnx.jit(lambda h, x: h.topk(x, 1))(head, x)
   precision_at_1 = (np.asarray(y) == np.asarray(top1)).any(1).mean()
   assert precision_at_1 >= 0.95, precision_at_1
+
+
+@pytest.mark.parametrize("loss", ["bce", "softmax"])
+def test_prior_bias_init_from_the_label_counts(loss):
+  import types  # pylint: disable=g-import-not-at-top
+  from mhe_jax import config_lib, registry  # pylint: disable=g-import-not-at-top
+  counts = np.array([0, 1, 5, 19])
+  data = types.SimpleNamespace(num_classes=4, multilabel=True,
+                               label_counts=counts, num_train=20)
+  cfg = config_lib.base_config().head
+  cfg.bias_init, cfg.multilabel_loss = "prior", loss
+  head = registry._vanilla(cfg, 3, data, nnx.Rngs(0))  # pylint: disable=protected-access
+  p = [(n + 0.5) / 21 for n in counts]
+  expected = [math.log(q / (1 - q)) if loss == "bce" else math.log(q)
+              for q in p]
+  np.testing.assert_allclose(head.bias[...], expected, rtol=1e-6)
+  cfg.bias_init = "zeros"
+  zero = registry._vanilla(cfg, 3, data, nnx.Rngs(0))  # pylint: disable=protected-access
+  np.testing.assert_array_equal(zero.bias[...], np.zeros(4))
+  cfg.bias_init = "mean"
+  with pytest.raises(ValueError, match="bias_init='mean'; known"):
+    registry._vanilla(cfg, 3, data, nnx.Rngs(0))  # pylint: disable=protected-access

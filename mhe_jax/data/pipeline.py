@@ -157,6 +157,43 @@ def _sorted_csr(m: sp.spmatrix) -> sp.csr_matrix:
   return m
 
 
+def keep_largest(m: sp.spmatrix, width: int,
+                 weights: np.ndarray | None = None) -> sp.csr_matrix:
+  """Each row's ``width`` entries of largest ``|value * weights[column]|``.
+
+  Ties go to the lower column; kept entries stay in column order. Rows with
+  at most ``width`` entries are unchanged.
+
+  Args:
+    m: ``[N, F]`` sparse matrix.
+    width: entries kept per row, ``>= 1``.
+    weights: optional float ``[F]`` column weights of the ranking (e.g. the
+      idf, to keep the largest tf-idf); None ranks by ``|value|``.
+
+  Returns:
+    float32 CSR ``[N, F]`` with sorted indices.
+  """
+  if int(width) != width or width < 1:
+    raise ValueError(f"width must be an integer >= 1, got {width!r}")
+  m = _sorted_csr(m)
+  counts = np.diff(m.indptr)
+  if counts.size == 0 or counts.max() <= width:
+    return m
+  rows = np.repeat(np.arange(m.shape[0]), counts)
+  key = np.abs(m.data.astype(np.float64))
+  if weights is not None:
+    key = key * np.asarray(weights, np.float64)[m.indices]
+  # Within each row: by key descending, then column ascending.
+  order = np.lexsort((m.indices, -key, rows))
+  rank = np.arange(order.size) - np.repeat(m.indptr[:-1], counts)
+  keep = np.zeros(order.size, bool)
+  keep[order[rank < width]] = True
+  kept = sp.csr_matrix((m.data[keep], m.indices[keep],
+                        np.concatenate([[0], np.cumsum(
+                            np.minimum(counts, width))])), shape=m.shape)
+  return kept
+
+
 class SparseSource:
   """Padded sparse features and labels from an :class:`XMCData`.
 
@@ -166,10 +203,18 @@ class SparseSource:
     max_labels: ``Lmax``; default the longest label row of ``data``.
     single_label: yield ``"labels"`` int32 ``[B]`` (each row must hold exactly
       one label) instead of ``[B, Lmax]``.
+    truncate_features: with ``max_features``, rows longer than it keep their
+      ``max_features`` largest entries (:func:`keep_largest`, ranked by
+      ``feature_weights``) instead of raising. Bag-of-words rows are
+      long-tailed (citeulike-t: mean 19 features, longest 379), and the
+      padded width is what a training step pays for.
+    feature_weights: float ``[F]`` ranking weights for ``truncate_features``
+      (e.g. the idf); None ranks by value.
 
   Raises:
-    ValueError: a row longer than ``max_features``/``max_labels``, or, with
-      ``single_label``, a row without exactly one label.
+    ValueError: a row longer than ``max_features`` (unless
+      ``truncate_features``) or ``max_labels``, or, with ``single_label``, a
+      row without exactly one label.
   """
 
   def __init__(
@@ -179,11 +224,17 @@ class SparseSource:
       max_features: int | None = None,
       max_labels: int | None = None,
       single_label: bool = False,
+      truncate_features: bool = False,
+      feature_weights: np.ndarray | None = None,
   ):
     if data.num_examples > _MAX_ROWS:
       raise ValueError(f"{data.num_examples} examples; at most {_MAX_ROWS}")
     self.data = data
     self._X = _sorted_csr(data.X)
+    if truncate_features:
+      if max_features is None:
+        raise ValueError("truncate_features needs max_features")
+      self._X = keep_largest(self._X, max_features, feature_weights)
     self._Y = _sorted_csr(data.Y)
     self.max_features = _row_width(self._X, max_features, "features")
     self.single_label = single_label

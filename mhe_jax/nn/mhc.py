@@ -21,11 +21,27 @@ reaches 0.91 top-1 with ``hidden=256`` (0.82 with 64); the reference's child
 embeddings reach 0.92 with ``hidden=64``, and an additive prefix embedding
 followed by a ReLU only 0.55. The bottleneck there is level 1 (0.85 alone).
 
+``child_embedding='table'`` is the reference's form: every child code ``q``
+of level ``h`` (a length-``h`` prefix; at the last level, a label) has its
+own vector ``t_h[q]`` and bias ``c_h[q]``::
+
+  z_h(x, p)[j] = <P_h x, t_h[p * r_h + j]> + c_h[p * r_h + j],
+
+``n_{h-1} * r_h * (hidden + 1)`` parameters at level ``h`` (about
+``C * (hidden + 1)`` at the last). Labels that share a position ``j`` under
+different prefixes then share nothing, which the gated form cannot give
+when the label order puts unrelated labels at the same position (clustered
+orders do): with a clustered order the head is a label tree whose leaves
+are per-label classifiers, scored only under the kept prefixes (``beam *
+r_H`` labels per example instead of ``C``).
+
 Scoring rule. Single-label: ``p_h = softmax`` over the valid children of
 the prefix, so ``score(y) = sum_h log p_h(d_h | prefix) = log P(y)`` is the
-chain-rule factorisation of a distribution over the ``C`` labels. Multi-label:
-``p_h = sigmoid`` per child and ``score(y) = sum_h log sigmoid(z_h)[d_h]``, the
-log of the product of the levels' probabilities (as the reference does).
+chain-rule factorisation of a distribution over the ``C`` labels. Multi-label
+with ``multilabel_loss='bce'``: ``p_h = sigmoid`` per child and ``score(y) =
+sum_h log sigmoid(z_h)[d_h]``, the log of the product of the levels'
+probabilities (as the reference does). Multi-label with
+``multilabel_loss='softmax'``: the single-label rule, ``score(y) = log P(y)``.
 
 Losses. Single-label: ``-score(y)`` = the sum over levels of the CE over the
 ``r_h`` children of the *true* prefix. This is the exact negative
@@ -39,7 +55,14 @@ kept set is the example's ground-truth prefixes first, then the best-scoring
 other prefixes up to the beam width (if an example has more distinct
 ground-truth prefixes at a level than the width, its best-scoring ones are
 kept). The non-ground-truth prefixes in the beam are the hard negatives the
-next level learns to reject.
+next level learns to reject. Multi-label with ``multilabel_loss='softmax'``:
+the cross-entropy of ``P`` against the uniform distribution over the row's
+labels, ``-(1/|Y|) sum_{y in Y} log P(y)`` -- the label-set softmax of
+:class:`~mhe_jax.nn.vanilla.VanillaHead` with ``P`` factorised down the
+tree. It needs the children of the ground-truth prefixes only; the
+teacher-forced beam supplies them, so a row with more than ``beam``
+distinct ground-truth prefixes at a level is trained, that step, on the
+labels under the kept ones (``|Y|`` then counts those labels).
 
 Inference (:meth:`MHCHead.topk`) runs the beam without forcing and costs
 ``r_1 + (H-1) * beam * r_h`` logits per example instead of ``C``; it returns
@@ -70,18 +93,23 @@ from mhe_jax.ops.codec import LabelCodec
 ArrayLike = jax.typing.ArrayLike
 
 
-def _lookup(table_nk: jax.Array, idx_bw: jax.Array) -> jax.Array:
-  """``table_nk[idx_bw]`` -> ``[B, W, K]``, sharded like ``idx_bw``'s batch.
+def _lookup(table_n: jax.Array, idx: jax.Array) -> jax.Array:
+  """``table_n[idx]`` -> ``idx.shape + table_n.shape[1:]``, sharded like
+  ``idx``'s batch (first) axis.
 
   On an Explicit mesh a gather with batch-sharded indices needs its output
   sharding spelled out (``nnx.Embed`` would fail there).
   """
-  sharding = jax.typeof(idx_bw).sharding
+  sharding = jax.typeof(idx).sharding
   out_sharding = None
   if sharding.spec and sharding.spec[0] is not None:
+    rest = (None,) * (idx.ndim - 1 + table_n.ndim - 1)
     out_sharding = jax.sharding.NamedSharding(
-        sharding.mesh, jax.sharding.PartitionSpec(sharding.spec[0], None, None))
-  return table_nk.at[idx_bw].get(out_sharding=out_sharding)
+        sharding.mesh, jax.sharding.PartitionSpec(sharding.spec[0], *rest))
+  return table_n.at[idx].get(out_sharding=out_sharding)
+
+
+CHILD_EMBEDDINGS = ("gated", "table")
 
 
 class MHCHead(nnx.Module):
@@ -93,14 +121,18 @@ class MHCHead(nnx.Module):
     beam: prefixes kept per level; level ``h`` keeps ``min(beam, n_h)``,
       with ``n_h`` the number of valid length-``h`` prefixes.
     hidden: width of the projections and prefix embeddings.
-    multilabel: BCE model (sigmoid per level) if True, else CE (softmax).
+    child_embedding: ``'gated'`` or ``'table'`` (see the module docstring).
+    multilabel: label sets (True) or one label per example.
+    multilabel_loss: ``'bce'`` or ``'softmax'`` (multi-label only).
     max_k: the largest ``k`` :meth:`topk` accepts (see
       :func:`mhe_jax.ops.cascade.max_topk`); ``C`` when ``beam >= n_{H-1}``,
       at least ``(beam - 1) * r_H + 1`` otherwise.
   """
 
   def __init__(self, in_features: int, codec: LabelCodec, *, beam: int,
-               hidden: int, multilabel: bool = False, rngs: nnx.Rngs):
+               hidden: int, multilabel: bool = False,
+               multilabel_loss: str = "bce",
+               child_embedding: str = "gated", rngs: nnx.Rngs):
     """Builds the head.
 
     Args:
@@ -109,8 +141,20 @@ class MHCHead(nnx.Module):
       beam: beam width ``>= 1``.
       hidden: hidden size ``>= 1`` of levels ``2 .. H``.
       multilabel: the scoring rule and loss (see the module docstring).
+      multilabel_loss: with ``multilabel``, ``'bce'`` (sigmoid scores, BCE
+        over the teacher-forced beam) or ``'softmax'`` (the chain-rule
+        distribution, label-set cross-entropy); see the module docstring.
+      child_embedding: ``'gated'`` (prefix embedding gating a shared output
+        layer) or ``'table'`` (a vector and bias per child code), see the
+        module docstring.
       rngs: initialisation keys.
     """
+    if multilabel_loss not in ("bce", "softmax"):
+      raise ValueError(f"multilabel_loss must be 'bce' or 'softmax', got "
+                       f"{multilabel_loss!r}")
+    if child_embedding not in CHILD_EMBEDDINGS:
+      raise ValueError(f"child_embedding must be one of {CHILD_EMBEDDINGS}, "
+                       f"got {child_embedding!r}")
     if not isinstance(codec, LabelCodec):
       raise TypeError(f"codec must be a LabelCodec, got {type(codec)}")
     if codec.num_heads < 2:
@@ -124,6 +168,10 @@ class MHCHead(nnx.Module):
     self.beam = int(beam)
     self.hidden = int(hidden)
     self.multilabel = bool(multilabel)
+    self.multilabel_loss = multilabel_loss
+    # Sigmoid scores per child (the BCE model), else the softmax chain.
+    self.sigmoid = self.multilabel and multilabel_loss == "bce"
+    self.child_embedding = child_embedding
     self.max_k = cascade.max_topk(codec, self.beam)
     counts = cascade.valid_prefix_counts(codec)
     self.first = nnx.Linear(in_features, codec.radices[0], rngs=rngs)
@@ -131,12 +179,23 @@ class MHCHead(nnx.Module):
     self.proj = nnx.List([
         nnx.Linear(in_features, self.hidden, rngs=rngs)
         for _ in codec.radices[1:]])
-    self.prefix_embed = nnx.List([
-        nnx.Embed(n, self.hidden,
-                  embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
-        for n in counts[:-1]])
-    self.out = nnx.List([
-        nnx.Linear(self.hidden, r, rngs=rngs) for r in codec.radices[1:]])
+    if child_embedding == "gated":
+      self.prefix_embed = nnx.List([
+          nnx.Embed(n, self.hidden,
+                    embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
+          for n in counts[:-1]])
+      self.out = nnx.List([
+          nnx.Linear(self.hidden, r, rngs=rngs) for r in codec.radices[1:]])
+    else:
+      # Rows: every child code of a valid prefix, n_{h-1} * r_h (the codes
+      # >= n_h among them are masked by the scoring rule, never trained).
+      init = nnx.initializers.normal(1.0 / self.hidden ** 0.5)
+      self.child_table = nnx.List([
+          nnx.Param(init(rngs.params(), (n * r, self.hidden), jnp.float32))
+          for n, r in zip(counts[:-1], codec.radices[1:])])
+      self.child_bias = nnx.List([
+          nnx.Param(jnp.zeros((n * r,), jnp.float32))
+          for n, r in zip(counts[:-1], codec.radices[1:])])
 
   def __call__(self, x_bd: ArrayLike) -> jax.Array:
     """Level-1 logits ``[B, r_1]`` (the group scores); see :meth:`topk`."""
@@ -153,13 +212,23 @@ class MHCHead(nnx.Module):
         ``[0, n_{h-1})`` (the valid prefixes).
 
     Returns:
-      float32 ``[B, W, r_h]``: ``W_h^T (P_h x * e_h[p]) + b_h``.
+      float32 ``[B, W, r_h]``: ``W_h^T (P_h x * e_h[p]) + b_h`` (gated), or
+      ``<P_h x, t_h[q]> + c_h[q]`` for the children ``q = p * r_h + j``
+      (table).
     """
     if not 2 <= level <= self.codec.num_heads:
       raise ValueError(
           f"level must be in [2, {self.codec.num_heads}], got {level}")
     i = level - 2
     u_bk = self.proj[i](jnp.asarray(x_bd))
+    if self.child_embedding == "table":
+      r = self.codec.radices[level - 1]
+      codes_bwr = (jnp.asarray(prefixes, jnp.int32)[..., None] * r +
+                   jnp.arange(r, dtype=jnp.int32))
+      rows_bwrk = _lookup(self.child_table[i][...], codes_bwr)
+      logits_bwr = jnp.einsum("bk,bwrk->bwr", u_bk, rows_bwrk)
+      return (logits_bwr + _lookup(self.child_bias[i][...], codes_bwr)
+              ).astype(jnp.float32)
     emb_bwk = _lookup(self.prefix_embed[i].embedding[...],
                       jnp.asarray(prefixes, jnp.int32))
     out = self.out[i]
@@ -195,7 +264,7 @@ class MHCHead(nnx.Module):
       else:
         logits_blr = self.child_logits(x_bd, level, prefix_bl)
       logp_blr = cascade.level_log_probs(logits_blr, codes_blr, self.codec,
-                                         level, multilabel=self.multilabel)
+                                         level, multilabel=self.sigmoid)
       digit_bl = (safe_bl // s) % r
       total_bl = total_bl + jnp.take_along_axis(
           logp_blr, digit_bl[..., None], axis=-1)[..., 0]
@@ -222,7 +291,7 @@ class MHCHead(nnx.Module):
       self.codec.validate_labels(labels)
     return cascade.cascade_search(
         self(x_bd), lambda h, p: self.child_logits(x_bd, h, p), self.codec,
-        self.beam, multilabel=self.multilabel,
+        self.beam, multilabel=self.sigmoid,
         forced_labels=None if labels is None else self.codec.to_codes(labels))
 
   def loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
@@ -260,7 +329,8 @@ class MHCHead(nnx.Module):
             f"multi-label labels must be [B, L], -1 padded, got {labels.shape}")
       labels = jnp.where(labels < self.num_classes, labels, -1)
       valid_b = (labels >= 0).any(-1)
-      loss_b = self._multilabel_loss(x_bd, labels)
+      loss_b = (self._multilabel_loss(x_bd, labels) if self.sigmoid else
+                self._label_set_softmax_loss(x_bd, labels))
     else:
       if labels.ndim != 1:
         raise ValueError(
@@ -292,6 +362,28 @@ class MHCHead(nnx.Module):
                                   0.).sum(-1)
     return loss_b
 
+  def _label_set_softmax_loss(self, x_bd: jax.Array, labels_bl: jax.Array
+                              ) -> jax.Array:
+    """Per-example ``-(1/|Y|) sum_y log P(y)`` over the labels the
+    teacher-forced beam keeps (0 for a row without labels)."""
+    search = self.beam_search(x_bd, labels_bl)
+    codes_bl = self.codec.to_codes(labels_bl)
+    b = x_bd.shape[0]
+    kept_bl = codes_bl >= 0
+    total_bl = jnp.zeros(codes_bl.shape, jnp.float32)
+    for level, (logits, codes, s) in enumerate(
+        zip(search.logits, search.child_codes, self.codec.strides), start=1):
+      logp_bn = cascade.level_log_probs(logits, codes, self.codec, level,
+                                        multilabel=False).reshape(b, -1)
+      where_bl = cascade.positions(codes.reshape(b, -1),
+                                   jnp.where(kept_bl, codes_bl // s, -1))
+      kept_bl = kept_bl & (where_bl >= 0)
+      total_bl = total_bl + jnp.take_along_axis(
+          logp_bn, jnp.maximum(where_bl, 0), axis=-1)
+    total_bl = jnp.where(kept_bl, total_bl, 0.)
+    count_b = kept_bl.sum(-1).astype(jnp.float32)
+    return -total_bl.sum(-1) / jnp.maximum(count_b, 1.)
+
   def topk(self, x_bd: ArrayLike, k: int) -> tuple[jax.Array, jax.Array]:
     """Top-k labels by ``score(y)`` among the labels the beam reaches.
 
@@ -310,5 +402,5 @@ class MHCHead(nnx.Module):
     x_bd = jnp.asarray(x_bd)
     scores_bk, codes_bk = cascade.cascade_topk(
         self(x_bd), lambda h, p: self.child_logits(x_bd, h, p), self.codec,
-        self.beam, k, multilabel=self.multilabel)
+        self.beam, k, multilabel=self.sigmoid)
     return scores_bk, self.codec.to_labels(codes_bk)

@@ -150,6 +150,40 @@ def is_member(codes: ArrayLike, sets: ArrayLike) -> jax.Array:
   return found_bn & (below_bn < num) & (codes >= 0)
 
 
+def positions(codes: ArrayLike, queries: ArrayLike) -> jax.Array:
+  """Where each query stands in its example's codes, or -1.
+
+  Args:
+    codes: int ``[B, N]``, distinct within a row (negative entries are
+      never matched).
+    queries: int ``[B, L]``; negative queries are padding.
+
+  Returns:
+    int32 ``[B, L]``: ``j`` with ``codes[b, j] == queries[b, l]``, else -1.
+    ``O((N + L) log N)`` per example (sort, then a batched binary search
+    written with gathers, so batch-sharded inputs stay sharded).
+  """
+  codes = jnp.asarray(codes, jnp.int32)
+  queries = jnp.asarray(queries, jnp.int32)
+  num = codes.shape[-1]
+  keyed = jnp.where(codes < 0, _INT_MAX, codes)
+  order_bn = jnp.argsort(keyed, axis=-1).astype(jnp.int32)
+  sorted_bn = jnp.take_along_axis(keyed, order_bn, axis=-1)
+  below_bl = jnp.zeros_like(queries)  # entries < query, by binary search
+  step = 1 << (num.bit_length() - 1)
+  while step:
+    probe_bl = below_bl + step
+    value_bl = jnp.take_along_axis(
+        sorted_bn, jnp.minimum(probe_bl, num) - 1, axis=-1)
+    below_bl = jnp.where((probe_bl <= num) & (value_bl < queries), probe_bl,
+                         below_bl)
+    step //= 2
+  at_bl = jnp.minimum(below_bl, num - 1)
+  hit_bl = ((jnp.take_along_axis(sorted_bn, at_bl, axis=-1) == queries) &
+            (below_bl < num) & (queries >= 0))
+  return jnp.where(hit_bl, jnp.take_along_axis(order_bn, at_bl, axis=-1), -1)
+
+
 def select(codes: ArrayLike, scores: ArrayLike, width: int, *,
            forced: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
   """Keeps the ``width`` best candidates, forced ones first.
