@@ -9,11 +9,12 @@ target each, the last input position's features):
   ``config.eval.ks``. With ``config.eval.exclude_history`` the items of the
   user's input sequence are removed from the ranking: the head decodes its
   top ``k_max + Hmax`` (``Hmax`` the longest input of the split) and the
-  input items are dropped (:func:`mhe_jax.metrics.drop_excluded`), which is
-  exact for the exact decoders (vanilla, MHP, MHS) and never builds ``C``
-  scores for MHP/MHC; MHC decodes within its beam (``k`` capped at its
-  ``max_k``). The target itself is never in its input (leave-one-out), so
-  repeat consumption is the only case exclusion can hide a target.
+  input items are dropped (:func:`mhe_jax.metrics.drop_excluded`), exact
+  for MHP and never building ``C`` scores; MHC decodes within its beam
+  (``k`` capped at its ``max_k``). The full classifiers (vanilla, MHS) rank
+  their ``[B, C]`` logits with the input items set to ``-inf``. A target
+  that repeats an item of its own input (repeat consumption) cannot be hit
+  with exclusion on.
 * the BERT4Rec protocol, labelled ``sampled/HR@k`` and ``sampled/NDCG@k``:
   the target ranked among ``config.eval.num_negatives`` items drawn by
   popularity (:func:`mhe_jax.data.interactions.popularity_negatives`, fixed
@@ -41,6 +42,22 @@ import numpy as np
 from mhe_jax import metrics as metrics_lib
 from mhe_jax.data import interactions
 from mhe_jax.data import pipeline
+from mhe_jax.nn import heads
+
+
+# Heads whose [B, C] logits are one matmul: ranked densely with the history
+# masked (faster on CPU than a top-(k + Hmax) stream over class chunks).
+_FULL_CLASSIFIERS = (heads.VanillaHead, heads.MHSHead)
+
+
+def _dense_topk_excluding(model, batch, k: int) -> jax.Array:
+  """int32 ``[B, k]``: top-k of the full logits, input items set to -inf."""
+  logits_bc = model.head(model.features(batch)[:, -1]).astype(jnp.float32)
+  c = logits_bc.shape[-1]
+  history_bh = jnp.where(batch["history"] >= 0, batch["history"], c)
+  masked_bc = jax.vmap(lambda s_c, h: s_c.at[h].set(-jnp.inf, mode="drop"))(
+      logits_bc, history_bh)
+  return jax.lax.top_k(masked_bc, k)[1].astype(jnp.int32)
 
 
 class NextItemEvaluator:
@@ -75,13 +92,16 @@ class NextItemEvaluator:
 
   def _decode_fn(self, state, batch):
     model, _ = nnx.merge(self.trainer.graphdef, state)
-    k_fetch = min(self.k_fetch, getattr(model.head, "max_k", self.k_fetch))
-    labels_bk = model.topk(batch, k_fetch)[1]
-    k = min(self.k_max, k_fetch)
-    if self.exclude:
-      labels_bk = metrics_lib.drop_excluded(labels_bk, batch["history"], k)
+    if self.exclude and isinstance(model.head, _FULL_CLASSIFIERS):
+      labels_bk = _dense_topk_excluding(model, batch, self.k_max)
     else:
-      labels_bk = labels_bk[:, :k]
+      k_fetch = min(self.k_fetch, getattr(model.head, "max_k", self.k_fetch))
+      labels_bk = model.topk(batch, k_fetch)[1]
+      k = min(self.k_max, k_fetch)
+      if self.exclude:
+        labels_bk = metrics_lib.drop_excluded(labels_bk, batch["history"], k)
+      else:
+        labels_bk = labels_bk[:, :k]
     sampled = None
     if "negatives" in batch:
       target_b1 = jnp.maximum(batch["labels"], 0)[:, None]

@@ -12,6 +12,7 @@ import pytest
 
 from mhe_jax import config_lib
 from mhe_jax import metrics
+from mhe_jax import sequence_eval
 from mhe_jax import train
 from mhe_jax.data import interactions
 from mhe_jax.data import pipeline
@@ -255,6 +256,35 @@ def test_full_ranking_with_exclusion_matches_brute_force(xp):
       brute_force_metrics(scores, targets, np.full((b, 1), -1), ks))
 
 
+@pytest.mark.parametrize("name", ["vanilla", "mhp"])
+def test_model_ranking_with_exclusion_matches_brute_force(name):
+  c, t, d, k = 40, 4, 16, 5
+  head = _heads(d, c)[name]
+  model = Classifier(SASRecEncoder(c, t, d, num_blocks=1, rngs=nnx.Rngs(0)),
+                     head, ("items",))
+  items = np.array([[-1, 3, 9, 4], [5, 6, 7, 8], [1, 2, 3, 0]], np.int32)
+  batch = {"items": items, "history": np.where(items >= 0, items, -1)}
+
+  @nnx.jit
+  def ranked(model, batch):
+    x = model.features(batch)[:, -1]
+    dense = (sequence_eval._dense_topk_excluding(model, batch, k)  # pylint: disable=protected-access
+             if name == "vanilla" else None)
+    streamed = metrics.drop_excluded(model.topk(batch, k + t)[1],
+                                     batch["history"], k)
+    return dense, streamed, model.head.topk(x, c)
+
+  dense, streamed, (scores_all, labels_all) = ranked(model, batch)
+  for b in range(3):  # brute force: all C scores, history removed, argsort
+    s = np.full(c, -np.inf)
+    s[np.asarray(labels_all[b])] = np.asarray(scores_all[b])
+    s[batch["history"][b][batch["history"][b] >= 0]] = -np.inf
+    ref = np.argsort(-s, kind="stable")[:k]
+    np.testing.assert_array_equal(np.asarray(streamed[b]), ref)
+    if dense is not None:
+      np.testing.assert_array_equal(np.asarray(dense[b]), ref)
+
+
 def test_drop_excluded_hand_case_and_masked_rows():
   out = metrics.drop_excluded(np.array([[4, 2, 7, 1], [3, 5, -1, 6]]),
                               np.array([[2, -1], [5, 3]]), 3)
@@ -370,3 +400,17 @@ def test_tie_embeddings_needs_vanilla_and_sasrec(tmp_path):
   config = sequence_config(tmp_path, "mhp", **{"head.tie_embeddings": True})
   with pytest.raises(ValueError, match="tie_embeddings needs head.type='vanilla'"):
     train.Trainer(config, tmp_path / "wd")
+
+
+def test_amazon_beauty_config_arguments():
+  from test_configs import CONFIG_DIR, load_module  # pylint: disable=g-import-not-at-top
+  module = load_module(CONFIG_DIR / "amazon_beauty.py")
+  assert module.get_config().head.type == "vanilla"
+  both = module.get_config("head=mhc,runlocal")
+  assert both.head.type == "mhc" and both.name == "amazon_beauty_mhc"
+  assert both.num_train_steps == module.get_config("runlocal").num_train_steps
+  assert both.num_train_steps < module.get_config("head=mhc").num_train_steps
+  config_lib.validate(both)
+  with pytest.raises(ValueError, match=r"bad argument 'head=bert' in "
+                     r"'head=bert,runlocal'"):
+    module.get_config("head=bert,runlocal")
