@@ -61,8 +61,10 @@ def np_idf(dense):
   return np.log((1.0 + n) / (1.0 + df)) + 1.0
 
 
-def np_bag(dense, emb, idf=None, normalize=True):
+def np_bag(dense, emb, idf=None, normalize=True, sublinear=False):
   w = np.asarray(dense, np.float64)
+  if sublinear:
+    w = np.sign(w) * np.log1p(np.abs(w))
   if idf is not None:
     w = w * idf
   if normalize:
@@ -76,13 +78,14 @@ def np_bag(dense, emb, idf=None, normalize=True):
 
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("use_idf", [False, True])
-def test_bag_equals_numpy(normalize, use_idf):
+@pytest.mark.parametrize("sublinear", [False, True])
+def test_bag_equals_numpy(normalize, use_idf, sublinear):
   ids, values, dense = padded_batch()
   idf = np_idf(padded_batch(seed=3, batch=20)[2]) if use_idf else None
   enc = SparseMLPEncoder(V, D, (), tfidf_idf=idf, normalize=normalize,
-                         rngs=nnx.Rngs(0))
+                         sublinear_tf=sublinear, rngs=nnx.Rngs(0))
   assert enc.out_features == D
-  want = np_bag(dense, enc.embedding[...], idf, normalize)
+  want = np_bag(dense, enc.embedding[...], idf, normalize, sublinear)
   np.testing.assert_allclose(bag(enc, ids, values), want, rtol=1e-5,
                              atol=1e-6)
   # hidden=() makes the MLP the identity: the call is the bag.

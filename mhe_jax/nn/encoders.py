@@ -179,7 +179,10 @@ class SparseMLPEncoder(nnx.Module):
 
   1. Weights. ``w_bj = values_bj`` or, with ``tfidf_idf``,
      ``w_bj = values_bj * idf[ids_bj]`` (term frequency times idf, the
-     tf-idf of sklearn's ``TfidfTransformer`` on the given values).
+     tf-idf of sklearn's ``TfidfTransformer`` on the given values). With
+     ``sublinear_tf`` the values are first replaced by
+     ``sign(v) * log(1 + |v|)`` (sklearn's ``sublinear_tf`` up to the +1
+     inside the log, which keeps 0 at 0), for raw word counts.
   2. With ``normalize`` (default), each row of weights is divided by its L2
      norm (rows of norm 0 stay 0), so that the bag's scale does not depend on
      the document's length; this is sklearn's ``norm='l2'``.
@@ -209,6 +212,7 @@ class SparseMLPEncoder(nnx.Module):
       :meth:`idf_from_csr` of the training features; stored as a fixed
       :class:`Idf` variable (not trained).
     normalize: L2-normalise each example's (weighted) values.
+    sublinear_tf: damp the values to ``sign(v) log(1 + |v|)`` first.
     layer_norm: LayerNorm before each MLP ReLU.
     dtype: computation and output dtype, e.g. ``jnp.bfloat16`` on GPU/TPU.
       Parameters stay float32; the weights (idf, normalisation) are computed
@@ -225,13 +229,15 @@ class SparseMLPEncoder(nnx.Module):
                hidden: Sequence[int] = (), *, dropout: float = 0.0,
                tfidf_idf: ArrayLike | None = None, normalize: bool = True,
                layer_norm: bool = False, dtype: jnp.dtype = jnp.float32,
-               input_dropout: float = 0.0, rngs: nnx.Rngs):
+               input_dropout: float = 0.0, sublinear_tf: bool = False,
+               rngs: nnx.Rngs):
     if num_features < 1 or embed_dim < 1:
       raise ValueError(f"num_features and embed_dim must be >= 1, got "
                        f"{num_features}, {embed_dim}")
     self.num_features = num_features
     self.embed_dim = embed_dim
     self.normalize = normalize
+    self.sublinear_tf = bool(sublinear_tf)
     if not 0.0 <= input_dropout < 1.0:
       raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
     self.input_dropout = (nnx.Dropout(input_dropout, rngs=rngs)
@@ -296,6 +302,8 @@ class SparseMLPEncoder(nnx.Module):
     valid_bf = ids_bf >= 0
     safe_bf = jnp.where(valid_bf, ids_bf, 0)
     w_bf = jnp.where(valid_bf, values_bf, 0.0)
+    if self.sublinear_tf:
+      w_bf = jnp.sign(w_bf) * jnp.log1p(jnp.abs(w_bf))
     if self.idf is not None:
       w_bf = w_bf * _take_rows(self.idf[...], safe_bf)
     if self.input_dropout is not None:
