@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.encoder.dropout = 0.0     # Dropout rate in the MLP (training only).
   c.encoder.tfidf = True      # sparse_mlp: weight feature values by idf.
   c.encoder.input_dropout = 0.0  # sparse_mlp: drop input features (training).
+  c.encoder.sublinear_tf = False  # sparse_mlp: values -> log(1 + v) first.
   c.encoder.num_blocks = 2    # sasrec: pre-LayerNorm self-attention blocks.
   c.encoder.num_attention_heads = 1  # sasrec: heads per attention (divide embed_dim).
   c.encoder.ffn_dim = 0       # sasrec: feed-forward inner width; 0 -> embed_dim.

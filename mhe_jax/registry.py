@@ -279,7 +279,8 @@ def _sparse_mlp(cfg, data: Dataset, rngs):
   return encoders.SparseMLPEncoder(
       data.input_size, cfg.embed_dim, tuple(cfg.hidden), dropout=cfg.dropout,
       tfidf_idf=data.idf if cfg.tfidf else None,
-      input_dropout=cfg.input_dropout, rngs=rngs)
+      input_dropout=cfg.input_dropout, sublinear_tf=cfg.sublinear_tf,
+      rngs=rngs)
 
 
 def _token_context(cfg, data: Dataset, rngs):
