@@ -81,6 +81,9 @@ KEY_EFFECTS: dict[str, bool] = {
     "eval.ks": KEEPS_STATE,
     "eval.propensity_a": KEEPS_STATE,
     "eval.propensity_b": KEEPS_STATE,
+    "eval.exclude_history": KEEPS_STATE,
+    "eval.num_negatives": KEEPS_STATE,
+    "eval.negatives_seed": KEEPS_STATE,
     # Where the same named data lives, not what it is.
     "data.data_dir": KEEPS_STATE,
     "data.tfds_data_dir": KEEPS_STATE,
@@ -114,6 +117,8 @@ KEY_EFFECTS: dict[str, bool] = {
     "data.validation_fraction": CHANGES_STATE,
     "data.max_features": CHANGES_STATE,
     "data.max_labels": CHANGES_STATE,
+    "data.max_len": CHANGES_STATE,
+    "data.train_max_features": CHANGES_STATE,
     # The encoder: shapes and what its training step computes.
     "encoder.type": CHANGES_STATE,
     "encoder.embed_dim": CHANGES_STATE,
@@ -121,6 +126,9 @@ KEY_EFFECTS: dict[str, bool] = {
     "encoder.dropout": CHANGES_STATE,
     "encoder.tfidf": CHANGES_STATE,
     "encoder.input_dropout": CHANGES_STATE,
+    "encoder.num_blocks": CHANGES_STATE,
+    "encoder.num_attention_heads": CHANGES_STATE,
+    "encoder.ffn_dim": CHANGES_STATE,
     # The head: type, sizes, radices, label order, losses, shortlists.
     "head.type": CHANGES_STATE,
     "head.num_heads": CHANGES_STATE,
@@ -147,6 +155,9 @@ KEY_EFFECTS: dict[str, bool] = {
     "head.index_probe": CHANGES_STATE,
     "head.proxy_steps": CHANGES_STATE,
     "head.classifier_steps": CHANGES_STATE,
+    "head.tie_embeddings": CHANGES_STATE,
+    "head.child_embedding": CHANGES_STATE,
+    "head.bias_init": CHANGES_STATE,
     # The optimiser: its state's structure and the update rule.
     "optimizer.name": CHANGES_STATE,
     "optimizer.learning_rate": CHANGES_STATE,

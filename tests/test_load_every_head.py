@@ -159,3 +159,25 @@ def test_predict_cli_on_a_unidec_workdir(trained, tmp_path):
   want = mhe_jax.load(workdir, batch_sizes=(64,)).predict(test, k=K)
   np.testing.assert_array_equal(labels, want.labels)
   np.testing.assert_allclose(scores, want.scores, rtol=1e-6)
+
+
+def test_runlocal_bibtex_unidec_loads_and_predicts_its_eval(
+    shared_data, tmp_path, monkeypatch):
+  """configs/bibtex_unidec.py:runlocal trains (fewer steps here), then
+  mhe_jax.load(workdir) ranks the test split as the trainer's evaluation."""
+  config = config_lib.from_file(
+      REPO_ROOT / "configs" / "bibtex_unidec.py", "runlocal",
+      {"data.data_dir": str(shared_data), "num_train_steps": 4})
+  _Recorder.seen = []
+  monkeypatch.setattr(train.metrics_lib, "XMCMetrics", _Recorder)
+  results = train.train_and_evaluate(config, tmp_path)
+  monkeypatch.undo()
+  want_labels = np.concatenate(_Recorder.seen)
+  test = formats.read_xc(shared_data / "bibtex" / "test.txt")
+  _, labels = mhe_jax.load(tmp_path).predict(test, k=K)
+  np.testing.assert_array_equal(labels, want_labels[:, :K])
+  acc = metrics_lib.XMCMetrics(ks=(1, 3, 5))
+  acc.update(labels, test.padded_labels())
+  got = acc.compute()
+  for key in ("P@1", "P@3", "P@5"):
+    assert got[key] == pytest.approx(results[key], abs=1e-6), key
