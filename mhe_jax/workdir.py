@@ -119,6 +119,7 @@ KEY_EFFECTS: dict[str, bool] = {
     "data.max_labels": CHANGES_STATE,
     "data.max_len": CHANGES_STATE,
     "data.train_max_features": CHANGES_STATE,
+    "encoder.sublinear_tf": CHANGES_STATE,
     # The encoder: shapes and what its training step computes.
     "encoder.type": CHANGES_STATE,
     "encoder.embed_dim": CHANGES_STATE,

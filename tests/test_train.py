@@ -79,7 +79,8 @@ def test_unknown_config_key(tmp_path):
   config = tiny_config()
   config.head.beam_width = 3
   with pytest.raises(ValueError, match=r"unknown config key 'head.beam_width'; "
-                     r"known keys under 'head': \['beam', 'chunk_size'"):
+                     r"known keys under 'head': \['beam', 'bias_init', 'child_embedding', "
+                     r"'chunk_size'"):
     train.Trainer(config, tmp_path)
 
 
