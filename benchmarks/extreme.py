@@ -42,7 +42,7 @@ head is mhp, mhc or mhs, ``best`` included when its head is one) and the best
 peer (italic), and gives the vanilla head's classifier step time over each
 MHE head's (both measured in the same run).
 
-  python benchmarks/extreme.py            # both datasets, every row -> JSON, PNG
+  python benchmarks/extreme.py          # both datasets, every row -> JSON, PNG
   python benchmarks/extreme.py --datasets=citeulike_t --methods=mhc,omikuji
   python benchmarks/extreme.py --quick --out=/tmp/extreme.json \
       --plot=/tmp/extreme.png             # runlocal configs, seconds
@@ -324,7 +324,7 @@ def published_rows(dataset: str) -> list[dict]:
 
 
 def merge(results: dict, new_rows: list[dict]) -> dict:
-  """``results`` with ``new_rows`` replacing rows of the same (dataset, method)."""
+  """``results`` with ``new_rows`` replacing its same (dataset, method) rows."""
   replaced = {(r["dataset"], r["method"]) for r in new_rows}
   rows = [r for r in results.get("rows", [])
           if (r["dataset"], r["method"]) not in replaced] + list(new_rows)
@@ -429,6 +429,9 @@ def markdown_table(results: dict) -> str:
                "metric; *italic*: best peer. clf: the head alone, "
                "loss + gradient on random features of the training step's "
                "shape (compiled memory: arguments + outputs + temporaries).")
+    if any(r.get("config", "").endswith("runlocal") for r in rows):
+      out.append("Rows of `runlocal` configs (--quick) train for seconds: "
+                 "their metrics and costs are smoke-test numbers only.")
     if any(r["kind"] == "published" for r in rows):
       out.append(f"Published: {PAPER}; {PAPER_REPOSITORY}; "
                  f"{PUBLISHED_PROTOCOL}.")
@@ -485,7 +488,8 @@ def plot(results: dict, path: str) -> None:
                   ha="right")
     ax.set_yscale("log")
     ax.set_ylabel("classifier loss+grad step (ms)")
-    ax.set_title(f"{dataset}: the head alone per training step", fontsize=10)
+    ax.set_title(f"{dataset}: the head alone per training step (red: "
+                 "vanilla)", fontsize=10)
     ax.grid(axis="y", which="both", alpha=0.3)
   handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
   fig.legend(handles, list(colors), loc="upper right", ncol=3)
