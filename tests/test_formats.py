@@ -343,3 +343,25 @@ def test_read_names_crlf_and_no_final_newline(tmp_path):
   path = tmp_path / "names.txt"
   path.write_bytes(b"x y\r\nz")
   assert formats.read_names(path, 2) == ["x y", "z"]
+
+
+def test_xc_header_size_beyond_int64_is_a_format_error(tmp_path):
+  # Found by tests/test_fuzz.py: was a bare OverflowError from scipy.
+  path = tmp_path / "big.txt"
+  path.write_text("1 99999999999999999999 2\n0 1:1\n")
+  with pytest.raises(FormatError, match=r"line 1: header size "
+                     r"99999999999999999999 does not fit in int64"):
+    formats.read_xc(path)
+  path.write_text("1 9223372036854775807 2\n0 1:1\n")
+  assert formats.read_xc(path).num_features == 2**63 - 1
+
+
+def test_undecodable_byte_line_counts_cr_line_ends(tmp_path):
+  # Found by tests/test_fuzz.py: lines ending in a lone \r were not counted.
+  path = tmp_path / "cr.txt"
+  path.write_bytes(b"2 4 2\r0 1:1\r\xff 2:1\r")
+  with pytest.raises(FormatError, match=r"cr.txt, line 3: not valid utf-8"):
+    formats.read_xc(path)
+  path.write_bytes(b"2 4 2\r\n0 1:1\r\n\xff 2:1\r\n")
+  with pytest.raises(FormatError, match=r"cr.txt, line 3: not valid utf-8"):
+    formats.read_xc(path)

@@ -14,9 +14,10 @@ Both readers are strict: anything they cannot read exactly raises
 :class:`FormatError` (a ``ValueError``) naming the file and the 1-based line,
 never a silently truncated matrix or a wrong row. The common rules:
 
-* Indices are 0-based non-negative integers; an index ``>=`` the declared size
-  (header for XC, number of attributes for ARFF) is an error, and so is a
-  negative one.
+* Indices are 0-based non-negative integers of at most 18 digits; an index
+  ``>=`` the declared size (header for XC, number of attributes for ARFF) is
+  an error, and so is a negative one. The sizes of an XC header must fit in
+  int64.
 * Feature values are any finite decimal numbers, negative ones included
   (tf-idf is never negative, but centred or signed features are).
   ``nan``/``inf`` and values that overflow float32 are errors.
@@ -193,8 +194,8 @@ def _read_lines(path: PathLike, encoding: str) -> tuple[list[str], bool]:
   try:
     text = raw.decode(encoding)
   except UnicodeDecodeError as e:
-    line = raw[:e.start].count(b"\n") + 1
-    raise FormatError(path, line, f"not valid {encoding}: {e.reason}") from None
+    raise FormatError(path, _line_of_byte(raw, e.start),
+                      f"not valid {encoding}: {e.reason}") from None
   if text.startswith("\ufeff"):
     text = text[1:]
   if "\r" in text:
@@ -206,6 +207,26 @@ def _read_lines(path: PathLike, encoding: str) -> tuple[list[str], bool]:
   if ends_with_newline:
     lines.pop()
   return lines, ends_with_newline
+
+
+def _line_of_byte(raw: bytes, pos: int) -> int:
+  """1-based line of byte ``pos``; lines end at \\n, \\r\\n or \\r."""
+  head = raw[:pos]
+  return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+
+
+def _parse_xc_header(path: PathLike, line: str) -> tuple[int, int, int]:
+  """``N F L`` of an XC header line; FormatError (line 1) when malformed."""
+  header = line.split()
+  if len(header) != 3 or not all(h.isascii() and h.isdigit() for h in header):
+    raise FormatError(
+        path, 1, "malformed header: expected 'N F L' (three non-negative "
+        f"integers), got {line!r}")
+  sizes = tuple(map(int, header))
+  if max(sizes) >= 2**63:
+    raise FormatError(path, 1, f"header size {max(sizes)} does not fit in "
+                      "int64")
+  return sizes
 
 
 def _truncation_hint(is_last: bool, ends_with_newline: bool) -> str:
@@ -355,12 +376,7 @@ def read_xc(path: PathLike, *, encoding: str = "utf-8") -> XMCData:
       non-finite values, more or fewer rows than the header declares).
   """
   lines, ends_with_newline = _read_lines(path, encoding)
-  header = lines[0].split()
-  if len(header) != 3 or not all(h.isascii() and h.isdigit() for h in header):
-    raise FormatError(
-        path, 1, "malformed header: expected 'N F L' (three non-negative "
-        f"integers), got {lines[0]!r}")
-  n, num_features, num_labels = map(int, header)
+  n, num_features, num_labels = _parse_xc_header(path, lines[0])
   body = lines[1:]
   errors = _Errors(path)
 
