@@ -49,6 +49,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import tempfile
 import time
 import types
@@ -742,6 +743,31 @@ class _Progress:
 
 
 # ---------------------------------------------------- incremental readers
+def _open_text(path: PathLike):
+  """UTF-8 text (BOM dropped, any line end); undecodable bytes kept as
+  lone surrogates for :func:`_check_decoded` to report with their line."""
+  return open(path, encoding="utf-8-sig", errors="surrogateescape",
+              newline=None)
+
+
+def _check_decoded(path: PathLike, lines: list[str], first_line: int) -> None:
+  """FormatError on the first of ``lines`` (file line ``first_line`` on)
+  holding bytes that are not UTF-8."""
+  if _UNDECODED.search("".join(lines)) is None:
+    return
+  for i, line in enumerate(lines):
+    bad = _UNDECODED.search(line)
+    if bad is not None:
+      byte = ord(bad.group()) - 0xdc00
+      raise formats.FormatError(path, first_line + i,
+                                f"not valid utf-8: byte 0x{byte:02x}")
+
+
+# surrogateescape decodes each byte that is not UTF-8 to U+DC80..U+DCFF,
+# which strict UTF-8 text can never hold.
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
 def iter_xc_batches(path: PathLike, batch_size: int
                     ) -> tuple[Iterator[sp.csr_matrix], tuple[int, int, int]]:
   """Feature rows of an XC text file, ``batch_size`` rows at a time.
@@ -759,18 +785,14 @@ def iter_xc_batches(path: PathLike, batch_size: int
     feature matrices, and the header's sizes.
   """
   path = pathlib.Path(path)
-  with open(path, encoding="utf-8-sig", newline=None) as f:
+  with _open_text(path) as f:
     header_line = f.readline().rstrip("\n")
-  header = header_line.split()
-  if len(header) != 3 or not all(h.isascii() and h.isdigit() for h in header):
-    raise formats.FormatError(
-        path, 1, "malformed header: expected 'N F L' (three non-negative "
-        f"integers), got {header_line!r}")
-  n, num_features, num_labels = map(int, header)
+  _check_decoded(path, [header_line], 1)
+  n, num_features, num_labels = formats._parse_xc_header(  # pylint: disable=protected-access
+      path, header_line)
 
   def batches():
-    with (open(path, encoding="utf-8-sig", newline=None) as f,
-          tempfile.TemporaryDirectory() as tmp):
+    with _open_text(path) as f, tempfile.TemporaryDirectory() as tmp:
       f.readline()
       chunk_path = pathlib.Path(tmp) / "chunk.txt"
       done = 0
@@ -780,39 +802,48 @@ def iter_xc_batches(path: PathLike, batch_size: int
           lines.append(line.rstrip("\n"))
           if len(lines) == batch_size:
             break
-        if done + len(lines) > n:
-          raise formats.FormatError(
-              path, n + 2, f"more rows than the {n} the header declares")
-        if not lines:
+        _check_decoded(path, lines, done + 2)
+        # Rows past the N the header declares: the rows before them are
+        # checked first, so the error is on the first bad line.
+        extra = done + len(lines) > n
+        lines = lines[:n - done]
+        if not lines and not extra:
           if done < n:
             raise formats.FormatError(
                 path, done + 2, f"unexpected end of file after {done} rows; "
                 f"the header declares {n} (truncated file?)")
           return
-        chunk_path.write_text(f"{len(lines)} {num_features} {num_labels}\n"
-                              + "\n".join(lines) + "\n", encoding="utf-8")
-        try:
-          data = formats.read_xc(chunk_path)
-        except formats.FormatError as e:
-          message = str(e).split(": ", 1)[1] if e.line else str(e)
-          line = None if e.line is None else e.line + done
-          raise formats.FormatError(path, line, message) from None
-        done += len(lines)
-        yield data.X
+        if lines:
+          chunk_path.write_text(f"{len(lines)} {num_features} {num_labels}\n"
+                                + "\n".join(lines) + "\n", encoding="utf-8")
+          try:
+            data = formats.read_xc(chunk_path)
+          except formats.FormatError as e:
+            message = str(e).split(": ", 1)[1] if e.line else str(e)
+            line = None if e.line is None else e.line + done
+            raise formats.FormatError(path, line, message) from None
+          done += len(lines)
+          yield data.X
+        if extra:
+          raise formats.FormatError(
+              path, n + 2, f"more rows than the {n} the header declares")
 
   return batches(), (n, num_features, num_labels)
 
 
 def _iter_text_batches(path: pathlib.Path, batch_size: int
                        ) -> Iterator[list[str]]:
-  with open(path, encoding="utf-8-sig", newline=None) as f:
-    lines = []
+  with _open_text(path) as f:
+    lines, done = [], 0
     for line in f:
       lines.append(line.rstrip("\n"))
       if len(lines) == batch_size:
+        _check_decoded(path, lines, done + 1)
         yield lines
+        done += len(lines)
         lines = []
     if lines:
+      _check_decoded(path, lines, done + 1)
       yield lines
 
 

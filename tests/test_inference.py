@@ -380,3 +380,36 @@ def test_text_input_uses_the_corpus_vocabulary(token_run, shared_data,
   with pytest.raises(ValueError, match=r"token id 99999 in row 0 is outside "
                      r"the model's vocabulary \[0, 4633\)"):
     predictor.predict(np.array([[1, 2, 99999]]), k=2)
+
+
+@pytest.mark.parametrize("content, batch_size, line", [
+    (b"\x80", 1, 1),                              # undecodable header
+    (b"2 4 2\n0 1:1\n\xff 2:1\n", 1, 3),          # undecodable row
+    (b"2 4 2\r0 1:1\r\xff 2:1\r", 5, 3),          # ... with \r line ends
+    (b"2 4 2\n0 9:1\n0 1:1\n0 2:1\n", 4, 2),      # bad row before the extra one
+])
+def test_iter_xc_batches_errors_name_the_first_bad_line(tmp_path, content,
+                                                        batch_size, line):
+  # Found by tests/test_fuzz.py: undecodable bytes raised a bare
+  # UnicodeDecodeError, and rows past the header's N were reported before a
+  # bad row earlier in the same batch.
+  path = tmp_path / "in.txt"
+  path.write_bytes(content)
+  with pytest.raises(formats.FormatError) as e:
+    batches, _ = inference.iter_xc_batches(path, batch_size)
+    list(batches)
+  assert e.value.line == line and str(e.value).startswith(
+      f"{path}, line {line}: ")
+  with pytest.raises(formats.FormatError) as e_whole:
+    formats.read_xc(path)
+  assert e_whole.value.line == line
+
+
+def test_text_batches_name_an_undecodable_line(tmp_path):
+  path = tmp_path / "in.txt"
+  path.write_bytes(b"first line\r\nsecond\r\nthird \xe9 line\r\n")
+  with pytest.raises(formats.FormatError, match=r"in.txt, line 3: not valid "
+                     r"utf-8: byte 0xe9"):
+    list(inference._iter_text_batches(path, 2))  # pylint: disable=protected-access
+  path.write_bytes(b"\xef\xbb\xbfa b\nc\n")
+  assert list(inference._iter_text_batches(path, 1)) == [["a b"], ["c"]]  # pylint: disable=protected-access
