@@ -141,3 +141,27 @@ def test_tiny_shakespeare(shared_data):
   assert c.decode(x[0]) == ["first", "citizen", ":", "before"]
   assert c.decode(y[:1]) == ["we"]
   assert int(c.counts.sum()) == c.boundary
+
+
+def test_from_file_bom_undecodable_bytes_and_nul_tokens(tmp_path):
+  # Found by tests/test_fuzz.py: a byte order mark became a token, an
+  # undecodable byte a bare UnicodeDecodeError without the file, and the
+  # token "\x00" the vocabulary entry "" (numpy's str_ drops trailing NULs).
+  path = tmp_path / "c.txt"
+  path.write_bytes(b"\xef\xbb\xbfhello world hello")
+  assert Corpus.from_file(path, test_fraction=0).vocab == (
+      "<unk>", "hello", "world")
+  path.write_bytes(b"a b\rc\r\xff d\r")
+  with pytest.raises(ValueError, match=r"c.txt, line 3: not valid utf-8"):
+    Corpus.from_file(path)
+  path.write_bytes(b"\x00 a \x00")
+  c = Corpus.from_file(path, test_fraction=0)
+  assert c.vocab == ("<unk>", "\x00", "a") and c.ids.tolist() == [1, 2, 1]
+  assert c.decode(c.encode("a \x00")) == ["a", "\x00"]
+
+
+def test_tokenize_numeric_non_digits_are_word_characters():
+  # The documented word class: letters and numeric characters that are not
+  # decimal digits (Python's \w less digits and '_').
+  assert corpus.tokenize("x\u00b2 \u00bd \u216b 12\u0661 a_b") == [
+      "x\u00b2", "\u00bd", "\u217b", "12\u0661", "a", "_", "b"]  # lower-cased

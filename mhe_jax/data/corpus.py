@@ -6,8 +6,10 @@ the next one; every vocabulary entry is a class.
 Tokenisation (:func:`tokenize`): the text is lower-cased, then split by the
 regular expression :data:`TOKEN_PATTERN` into
 
-* words: runs of letters (any script), with internal apostrophes kept
-  (``don't``, ``o'er``, ``i'the`` are one token each);
+* words: runs of letters (any script) and of numeric characters that are not
+  decimal digits (``²``, ``½``, ``Ⅻ``: Python's ``\\w`` less digits and
+  ``_``), with internal apostrophes kept (``don't``, ``o'er``, ``i'the`` are
+  one token each);
 * numbers: runs of decimal digits;
 * every other non-whitespace character on its own (``,`` ``.`` ``:`` ``?``
   ``'`` ``-`` ...), so ``'tis`` is ``'`` + ``tis`` and ``rogues'`` is
@@ -62,6 +64,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mhe_jax.data.formats import FormatError
+from mhe_jax.data.formats import _line_of_byte  # pylint: disable=protected-access
+
 #: Token regex, applied to lower-cased text (see the module docstring).
 TOKEN_PATTERN = r"[^\W\d_]+(?:'[^\W\d_]+)*|\d+|\S"
 _TOKEN_RE = re.compile(TOKEN_PATTERN)
@@ -85,7 +90,9 @@ def tokenize(text: str) -> list[str]:
 
 def _types_and_inverse(tokens: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """Distinct tokens (sorted) and, per token, the index of its type."""
-  uniq, inverse = np.unique(np.array(tokens, dtype=np.str_),
+  # An object array: numpy's fixed-width str_ drops trailing NULs ("\x00"
+  # would become "").
+  uniq, inverse = np.unique(np.array(tokens, dtype=object),
                             return_inverse=True)
   return uniq, inverse.reshape(-1)
 
@@ -170,10 +177,21 @@ class Corpus:
   ) -> Corpus:
     """Reads a plain text file; see :meth:`from_text`.
 
+    A leading byte order mark is dropped.
+
     Raises:
+      FormatError: (a ValueError) for bytes that are not valid in
+        ``encoding``, naming the file and the line.
       ValueError: for an empty file (naming it) or bad arguments.
     """
-    text = pathlib.Path(path).read_text(encoding=encoding)
+    raw = pathlib.Path(path).read_bytes()
+    try:
+      text = raw.decode(encoding)
+    except UnicodeDecodeError as e:
+      raise FormatError(path, _line_of_byte(raw, e.start),
+                        f"not valid {encoding}: {e.reason}") from None
+    if text.startswith("\ufeff"):
+      text = text[1:]
     if not text.strip():
       raise ValueError(f"{os.fspath(path)}: empty corpus file")
     return cls.from_text(text, min_count=min_count, test_fraction=test_fraction)
