@@ -181,3 +181,17 @@ def test_amazon_beauty_counts(shared_data):
   first = log.sequences.sequence(0)
   assert split.test.targets[0] == first[-1]
   assert split.validation.targets[0] == first[-2]
+
+
+def test_int64_ids_and_nanosecond_timestamps(tmp_path):
+  # Found by tests/test_fuzz.py: ids of 19 digits (nanosecond Unix times
+  # among them) were refused as "not a non-negative integer id".
+  path = write(tmp_path, "5 9223372036854775807 1700000000000000001\n"
+               "5 1000000000000000000 1700000000000000000\n")
+  log = interactions.read_interactions(path)
+  assert log.item_ids.tolist() == [10**18, 2**63 - 1]
+  assert log.sequences.to_lists() == [[0, 1]]
+  path = write(tmp_path, "5 9223372036854775808\n")
+  with pytest.raises(FormatError, match=r"line 1: id 9223372036854775808 "
+                     r"does not fit in int64"):
+    interactions.read_interactions(path)

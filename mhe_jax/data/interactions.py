@@ -38,11 +38,14 @@ default) keeps their items as training history only (a user with 1 item adds
 no training pair), ``'drop'`` leaves them out entirely; either way they are in
 no evaluation set and :class:`LeaveOneOutSplit` counts them.
 
+Ids and timestamps are int64 (up to ``2**63 - 1``, so nanosecond Unix times
+fit).
+
 Errors are :class:`~mhe_jax.data.formats.FormatError` naming the file and the
-1-based line: a non-integer or negative id, a wrong number of columns, an
-empty file, a pairs user whose lines are not contiguous, a user on two
-sequence lines, a sequence line without items, a consecutive repeat under
-``repeats='error'``.
+1-based line: a non-integer, negative or beyond-int64 id, a wrong number of
+columns, an empty file, a pairs user whose lines are not contiguous, a user
+on two sequence lines, a sequence line without items, a consecutive repeat
+under ``repeats='error'``.
 
 Example::
 
@@ -69,7 +72,8 @@ from mhe_jax.data.formats import _read_lines  # pylint: disable=protected-access
 
 PathLike = str | os.PathLike
 
-_INT_RE = re.compile(r"\d{1,18}", re.ASCII)  # int64-safe, non-negative
+_INT_RE = re.compile(r"\d+", re.ASCII)  # non-negative decimal
+_INT64_MAX = 2**63 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +168,9 @@ def _parse_ids(path, lineno: int, line: str) -> list[int]:
   for f in fields:
     if not _INT_RE.fullmatch(f):
       raise FormatError(path, lineno, f"{f!r} is not a non-negative integer id")
+    if len(f) > 18 and int(f) > _INT64_MAX:
+      raise FormatError(path, lineno, f"id {f} does not fit in int64 (at most "
+                        f"{_INT64_MAX})")
   return [int(f) for f in fields]
 
 
