@@ -258,3 +258,30 @@ def test_permuted_codec_jit_static_no_retrace():
   np.testing.assert_array_equal(g(jnp.arange(10), LabelCodec((3, 4), 10, perm)),
                                 np.arange(10))
 
+
+
+@pytest.mark.parametrize("radices, num_classes, match", [
+    # Found by tests/test_fuzz.py: these raised int()'s own ValueError,
+    # OverflowError or TypeError, naming no argument.
+    ((float("nan"),), 2, r"radices must be integers, got \(nan,\)"),
+    ((math.inf, 2), 2, r"radices must be integers"),
+    (("a",), 2, r"radices must be integers"),
+    ("ab", 2, r"radices must be a sequence of ints"),
+    ((4,), float("nan"), r"num_classes must be an integer, got nan"),
+    ((4,), None, r"num_classes must be an integer, got None"),
+    ((4,), [], r"num_classes must be an integer, got \[\]"),
+])
+def test_non_numeric_arguments_name_the_argument(radices, num_classes, match):
+  with pytest.raises((ValueError, TypeError), match=match):
+    LabelCodec(radices, num_classes)
+
+
+def test_balanced_argument_errors_name_the_argument():
+  with pytest.raises(ValueError, match="num_heads must be an integer, got nan"):
+    LabelCodec.balanced(10, float("nan"))
+  with pytest.raises(ValueError, match="num_classes must be an integer"):
+    LabelCodec.balanced(math.inf, 2)
+  # Was a RecursionError from the radix search.
+  with pytest.raises(ValueError, match=r"num_heads=1000: .* above the int32"):
+    LabelCodec.balanced(3, 1000)
+  assert LabelCodec.balanced(3, 30).capacity == 2**30

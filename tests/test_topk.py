@@ -168,7 +168,12 @@ def test_argument_errors():
     product_topk(logits, 11, codec)
   with pytest.raises(ValueError, match=r"k must be"):
     product_topk(logits, 0, codec)
-  with pytest.raises(ValueError, match=r"got 1 head logits"):
+  # k that int() cannot take (found by tests/test_fuzz.py: was int()'s own
+  # ValueError / OverflowError / TypeError, naming no argument).
+  for bad in (float("nan"), math.inf, None, "2"):
+    with pytest.raises(ValueError, match=r"k must be an integer"):
+      product_topk(logits, bad, codec)
+  with pytest.raises(ValueError, match=r"head_logits has 1 arrays"):
     product_topk(logits[:1], 2, codec)
   with pytest.raises(ValueError, match=r"head_logits\[1\] has shape \(2, 5\)"):
     product_topk([jnp.zeros((2, 3)), jnp.zeros((2, 5))], 2, codec)

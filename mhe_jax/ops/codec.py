@@ -50,6 +50,18 @@ def _is_traced(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
+def as_integer(value, name: str) -> int:
+  """``value`` as an int when it is an integral number (``3``, ``3.0``,
+  ``np.int64(3)``), else a ValueError naming the argument ``name``."""
+  try:
+    as_int = int(value)
+  except (TypeError, ValueError, OverflowError):
+    as_int = None
+  if as_int is None or isinstance(value, (str, bytes)) or as_int != value:
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+  return as_int
+
+
 @dataclasses.dataclass(frozen=True)
 class LabelCodec:
   """Mixed-radix code of ``num_classes`` labels over ``len(radices)`` heads.
@@ -81,17 +93,22 @@ class LabelCodec:
       default="", init=False, repr=False)
 
   def __post_init__(self):
+    if isinstance(self.radices, (str, bytes)):
+      raise TypeError(
+          f"radices must be a sequence of ints, got {self.radices!r}")
     try:
-      radices = tuple(int(r) for r in self.radices)
+      items = tuple(self.radices)
     except TypeError as e:
       raise TypeError(
           f"radices must be a sequence of ints, got {self.radices!r}") from e
-    if any(int(r) != r for r in self.radices):
-      raise ValueError(f"radices must be integers, got {self.radices!r}")
+    try:
+      radices = tuple(as_integer(r, "radices") for r in items)
+    except ValueError:
+      raise ValueError(
+          f"radices must be integers, got {self.radices!r}") from None
     object.__setattr__(self, "radices", radices)
-    if int(self.num_classes) != self.num_classes:
-      raise ValueError(f"num_classes must be an integer, got {self.num_classes!r}")
-    object.__setattr__(self, "num_classes", int(self.num_classes))
+    object.__setattr__(self, "num_classes",
+                       as_integer(self.num_classes, "num_classes"))
     if len(radices) < 1:
       raise ValueError("num_heads must be >= 1, got radices=() (0 heads)")
     if self.num_classes < 2:
@@ -134,12 +151,18 @@ class LabelCodec:
       num_heads: H >= 1.
       permutation: optional label -> code bijection, see the class docstring.
     """
-    if int(num_heads) != num_heads or num_heads < 1:
+    num_heads = as_integer(num_heads, "num_heads")
+    num_classes = as_integer(num_classes, "num_classes")
+    if num_heads < 1:
       raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
-    if int(num_classes) != num_classes or num_classes < 2:
+    if num_classes < 2:
       raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    return cls(_balanced_radices(int(num_classes), int(num_heads)),
-               int(num_classes), permutation)
+    if 2**num_heads > MAX_CAPACITY:
+      raise ValueError(
+          f"num_heads={num_heads}: every radix is >= 2, so the capacity "
+          f"2**{num_heads} is above the int32 limit {MAX_CAPACITY}")
+    return cls(_balanced_radices(num_classes, num_heads), num_classes,
+               permutation)
 
   def with_permutation(self, permutation: ArrayLike | None) -> "LabelCodec":
     """The same radices and C with another label -> code permutation."""

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mhe_jax.ops.codec import as_integer
 from mhe_jax.ops.codec import LabelCodec
 
 ArrayLike = jax.typing.ArrayLike
@@ -56,7 +57,7 @@ def _check_head_logits(head_logits: Sequence[ArrayLike], codec: LabelCodec):
         "logits with codec.split(logits) first")
   if len(head_logits) != codec.num_heads:
     raise ValueError(
-        f"got {len(head_logits)} head logits for {codec} with "
+        f"head_logits has {len(head_logits)} arrays for {codec} with "
         f"{codec.num_heads} heads")
   lead = None
   for h, (z, r) in enumerate(zip(head_logits, codec.radices)):
@@ -169,9 +170,10 @@ def product_topk(head_logits: Sequence[ArrayLike], k: int,
     their labels and re-sorted by (score descending, label ascending).
   """
   _check_head_logits(head_logits, codec)
-  if int(k) != k or not 1 <= k <= codec.num_classes:
+  k = as_integer(k, "k")
+  if not 1 <= k <= codec.num_classes:
     raise ValueError(f"k must be an integer in [1, {codec.num_classes}], got {k}")
-  return _product_topk(tuple(jnp.asarray(z) for z in head_logits), int(k), codec)
+  return _product_topk(tuple(jnp.asarray(z) for z in head_logits), k, codec)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
