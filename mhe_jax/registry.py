@@ -430,9 +430,13 @@ def _mhc(cfg, in_features, data: Dataset, rngs, mesh=None):
 
 
 def _mhs(cfg, in_features, data: Dataset, rngs, mesh=None):
+  kind = cfg.get("bias_init", "zeros")
+  _bias_initializer(cfg, data, sigmoid=data.multilabel)  # checks the name
+  bias = (prior_bias(data.label_counts, data.num_train,
+                     sigmoid=data.multilabel) if kind == "prior" else None)
   return heads.MHSHead(in_features, make_codec(cfg, data.num_classes, data),
                        cfg.num_sampled_groups, multilabel=data.multilabel,
-                       rngs=rngs)
+                       label_bias=bias, rngs=rngs)
 
 
 HEADS = {"vanilla": _vanilla, "mhp": _mhp, "mhc": _mhc, "mhs": _mhs}

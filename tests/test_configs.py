@@ -114,3 +114,36 @@ def test_from_json_restores_a_saved_config_and_skips_retired_keys(tmp_path):
   assert "retired_option" not in restored.head
   assert restored.encoder.hidden == (512,)  # JSON list -> the config's tuple
   assert restored.to_json(sort_keys=True) == expected.to_json(sort_keys=True)
+
+
+def test_parse_arg():
+  args = config_lib.parse_arg("head=mhc, runlocal", head="mhs", runlocal=False,
+                              steps=10)
+  assert (args.head, args.runlocal, args.steps) == ("mhc", True, 10)
+  assert config_lib.parse_arg(None, head="mhs").head == "mhs"
+  assert config_lib.parse_arg("steps=7,runlocal=false", steps=1,
+                              runlocal=True).to_dict() == {"steps": 7,
+                                                           "runlocal": False}
+  with pytest.raises(ValueError, match=r"unknown config argument 'hed'.*"
+                     r"known: \['head', 'runlocal'\]"):
+    config_lib.parse_arg("hed=mhc", head="mhs", runlocal=False)
+  with pytest.raises(ValueError, match="needs a value"):
+    config_lib.parse_arg("head", head="mhs")
+  with pytest.raises(ValueError, match="not an integer"):
+    config_lib.parse_arg("steps=many", steps=1)
+
+
+@pytest.mark.parametrize("head", ["vanilla", "mhp", "mhc", "mhs"])
+def test_citeulike_head_variants(head):
+  module = load_module(CONFIG_DIR / "citeulike_t.py")
+  config = module.get_config(f"head={head}")
+  local = module.get_config(f"head={head},runlocal")
+  config_lib.validate(config)
+  assert config.head.type == local.head.type == head
+  if head == "mhc":  # the no-argument config is the tuned MHC
+    assert module.get_config().to_dict() == {
+        **config.to_dict(), "name": "citeulike_t_best"}
+  assert config.data.name == "citeulike_t"
+  assert local.num_train_steps < config.num_train_steps
+  with pytest.raises(ValueError, match="known"):
+    module.get_config("head=tree")

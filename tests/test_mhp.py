@@ -447,3 +447,17 @@ def test_mhs_learns(noise, bound):
       lambda d, rngs: MHSHead(d, LabelCodec((500, 4), 2000), 256, rngs=rngs),
       noise=noise)
   assert acc >= bound, acc
+
+
+def test_mhs_label_bias_lands_on_each_label_column():
+  rng = np.random.default_rng(3)
+  codec = LabelCodec((4, 5), 17).with_permutation(
+      rng.permutation(17).astype(np.int32))
+  bias = rng.normal(size=17).astype(np.float32)
+  head = MHSHead(3, codec, 2, multilabel=True, label_bias=bias,
+                 rngs=nnx.Rngs(0))
+  x = np.zeros((2, 3), np.float32)  # logits = bias alone
+  np.testing.assert_allclose(head(x), np.broadcast_to(bias, (2, 17)),
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match=r"label_bias must have shape \(17,\)"):
+    MHSHead(3, codec, 2, label_bias=bias[:5], rngs=nnx.Rngs(0))

@@ -58,6 +58,7 @@ from typing import Literal
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from mhe_jax.ops import losses
@@ -350,7 +351,7 @@ class MHSHead(nnx.Module):
 
   def __init__(self, in_features: int, codec: LabelCodec,
                num_sampled_groups: int, *, multilabel: bool = False,
-               rngs: nnx.Rngs):
+               label_bias: ArrayLike | None = None, rngs: nnx.Rngs):
     """Builds the head.
 
     Args:
@@ -362,8 +363,9 @@ class MHSHead(nnx.Module):
         docstring for how it meets the batch.
       multilabel: labels are ``[B, L]`` sets (-1 padded) and the loss is
         BCE instead of softmax CE.
-      rngs: ``rngs.params`` initialises the kernel (LeCun normal); the bias
-        starts at 0.
+      label_bias: optional float ``[C]`` initial bias per label (in label
+        order; e.g. ``mhe_jax.registry.prior_bias``); None starts at 0.
+      rngs: ``rngs.params`` initialises the kernel (LeCun normal).
     """
     if not isinstance(codec, LabelCodec):
       raise TypeError(f"codec must be a LabelCodec, got {type(codec).__name__}")
@@ -381,7 +383,19 @@ class MHSHead(nnx.Module):
     padded = self.num_groups * self.group_size
     self.kernel = _param(_KERNEL_INIT, rngs, (self.in_features, padded),
                          ("embed", "classes"))
-    self.bias = _param(_BIAS_INIT, rngs, (padded,), ("classes",))
+    bias_init = _BIAS_INIT
+    if label_bias is not None:
+      label_bias = np.asarray(label_bias, np.float32)
+      if label_bias.shape != (codec.num_classes,):
+        raise ValueError(f"label_bias must have shape ({codec.num_classes},), "
+                         f"got {label_bias.shape}")
+      by_code = np.zeros(padded, np.float32)  # column = code
+      codes = (np.asarray(codec.permutation) if codec.permuted
+               else np.arange(codec.num_classes))
+      by_code[codes] = label_bias
+      bias_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(
+          by_code, dtype)
+    self.bias = _param(bias_init, rngs, (padded,), ("classes",))
 
   def num_sampled(self, labels_shape: tuple[int, ...]) -> int:
     """S, the static number of groups sampled for labels of this shape."""
