@@ -125,37 +125,17 @@ def is_member(codes: ArrayLike, sets: ArrayLike) -> jax.Array:
     sets: int ``[B, L]``; negative entries are padding (members of nothing).
 
   Returns:
-    bool ``[B, N]``. ``O(N log L)`` per example (sorted search).
+    bool ``[B, N]``. ``O((N + L) log L)`` per example (:func:`positions`).
   """
-  codes = jnp.asarray(codes, jnp.int32)
-  sets = jnp.asarray(sets, jnp.int32)
-  num = sets.shape[-1]
-  if num == 0:
-    return jnp.zeros_like(codes, dtype=bool)
-  sorted_bl = jnp.sort(jnp.where(sets < 0, _INT_MAX, sets), axis=-1)
-  # Binary search for the number of set entries below each code, written with
-  # batched gathers rather than vmap(searchsorted) so that batch-sharded
-  # inputs on an Explicit mesh stay sharded.
-  below_bn = jnp.zeros_like(codes)
-  step = 1 << (num.bit_length() - 1)
-  while step:
-    probe_bn = below_bn + step
-    value_bn = jnp.take_along_axis(
-        sorted_bl, jnp.minimum(probe_bn, num) - 1, axis=-1)
-    below_bn = jnp.where((probe_bn <= num) & (value_bn < codes), probe_bn,
-                         below_bn)
-    step //= 2
-  found_bn = jnp.take_along_axis(
-      sorted_bl, jnp.minimum(below_bn, num - 1), axis=-1) == codes
-  return found_bn & (below_bn < num) & (codes >= 0)
+  return positions(sets, codes) >= 0
 
 
 def positions(codes: ArrayLike, queries: ArrayLike) -> jax.Array:
   """Where each query stands in its example's codes, or -1.
 
   Args:
-    codes: int ``[B, N]``, distinct within a row (negative entries are
-      never matched).
+    codes: int ``[B, N]``; negative entries are never matched, and of a
+      code given twice either position may be returned.
     queries: int ``[B, L]``; negative queries are padding.
 
   Returns:
@@ -166,6 +146,8 @@ def positions(codes: ArrayLike, queries: ArrayLike) -> jax.Array:
   codes = jnp.asarray(codes, jnp.int32)
   queries = jnp.asarray(queries, jnp.int32)
   num = codes.shape[-1]
+  if num == 0:
+    return jnp.full_like(queries, -1)
   keyed = jnp.where(codes < 0, _INT_MAX, codes)
   order_bn = jnp.argsort(keyed, axis=-1).astype(jnp.int32)
   sorted_bn = jnp.take_along_axis(keyed, order_bn, axis=-1)
