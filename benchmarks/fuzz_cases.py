@@ -314,6 +314,8 @@ def _first_word(e: Exception) -> str:
     prefix = (path if line is None else f"{path}, line {line}") + ": "
     message = message[len(prefix):] if message.startswith(prefix) else message
   words = message.split()
+  if words and words[0].endswith(":") and os.sep in words[0]:
+    words = words[1:]  # A whole-file ValueError: "path: message".
   return words[0] if words else ""
 
 
