@@ -33,28 +33,13 @@ from mhe_jax import config_lib
 HEADS = ("vanilla", "mhp", "mhc", "mhs")
 
 
-def parse(arg: str | None) -> dict[str, object]:
-  """``'head=mhc,runlocal'`` -> ``{'head': 'mhc', 'runlocal': True}``."""
-  out: dict[str, object] = {"head": "vanilla", "runlocal": False}
-  for item in (arg or "").split(","):
-    item = item.strip()
-    if not item:
-      continue
-    name, sep, value = item.partition("=")
-    if name == "runlocal" and not sep:
-      out["runlocal"] = True
-    elif name == "head" and sep and value in HEADS:
-      out["head"] = value
-    else:
-      raise ValueError(f"configs/amazon_beauty.py: bad argument {item!r} in "
-                       f"{arg!r}; known: head={'|'.join(HEADS)}, runlocal")
-  return out
-
-
 def get_config(arg: str | None = None):
-  args = parse(arg)
+  args = config_lib.parse_arg(arg, head="vanilla", runlocal=False)
+  if args.head not in HEADS:
+    raise ValueError(f"configs/amazon_beauty.py: head={args.head!r}; known: "
+                     f"{list(HEADS)}")
   config = config_lib.base_config()
-  config.name = f"amazon_beauty_{args['head']}"
+  config.name = f"amazon_beauty_{args.head}"
   config.data.name = "amazon_beauty"
   config.data.max_len = 50
   config.encoder.type = "sasrec"
@@ -62,7 +47,7 @@ def get_config(arg: str | None = None):
   config.encoder.num_blocks = 2
   config.encoder.num_attention_heads = 1
   config.encoder.dropout = 0.2
-  config.head.type = args["head"]
+  config.head.type = args.head
   config.head.num_heads = 2
   config.head.beam = 16
   config.head.hidden = 64
@@ -78,7 +63,7 @@ def get_config(arg: str | None = None):
   config.eval.ks = (1, 5, 10)
   config.eval.exclude_history = True
   config.eval.num_negatives = 100
-  if args["runlocal"]:
+  if args.runlocal:
     config.data.max_len = 20
     config.encoder.embed_dim = 32
     config.encoder.num_blocks = 1
