@@ -22,8 +22,11 @@ Walltime:  the full 20,000 steps not measured; the default (vanilla) head
            per step with vanilla, 0.035 s with ``head=mhp``.
 Reached:   not measured yet; its figures come from the benchmarks once
            measured (say which protocol a number uses: full or sampled).
-Arguments: ``:head=vanilla|mhp|mhc|mhs`` picks the head (MHE heads: the
-           balanced 2-head codec, radices (248, 220)); ``:runlocal`` shrinks
+Arguments: ``:head=vanilla|mhp|mhc|mhs`` picks the head (mhp, mhs: the
+           balanced 2-head codec, radices (248, 220); mhc: radices (1024, 54)
+           with a vector per item at the second level, i.e. a two-level
+           hierarchical softmax, whose training step scores 1024 + 54 items
+           per position instead of 54,542); ``:runlocal`` shrinks
            the model and steps to seconds of training (the full test split
            is still evaluated); combined as ``:head=mhc,runlocal``.
 """
@@ -52,6 +55,9 @@ def get_config(arg: str | None = None):
   config.head.beam = 16
   config.head.hidden = 64
   config.head.num_sampled_groups = 64
+  if args.head == "mhc":  # hierarchical softmax with a vector per item
+    config.head.radices = (1024, 54)
+    config.head.child_embedding = "table"
   config.batch_size = 128
   config.eval_batch_size = 256
   config.num_train_steps = 20_000  # ~64 epochs of the 40,226 users
@@ -64,6 +70,7 @@ def get_config(arg: str | None = None):
   config.eval.exclude_history = True
   config.eval.num_negatives = 100
   if args.runlocal:
+    config.head.radices = ()
     config.data.max_len = 20
     config.encoder.embed_dim = 32
     config.encoder.num_blocks = 1
