@@ -4,7 +4,8 @@ A checkpoint holds the whole training state pytree (parameters, optimiser
 state, step; saved with ``StandardSave``, restored against a sharded abstract
 target) and the data iterator's JSON state. Orbax writes each step into a
 temporary directory and renames it when complete, so a crash mid-save leaves
-the previous checkpoints intact.
+the previous checkpoints intact; :meth:`Checkpointer.remove_unfinished`
+deletes such a leftover temporary directory.
 
 :meth:`Checkpointer.restore_latest` tells two failures apart:
 
@@ -29,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import pathlib
+import shutil
 from typing import Any
 
 from absl import logging
@@ -36,6 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+# Orbax's suffix of a step directory being written (renamed away when done).
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def _to_savable(tree: Any) -> Any:
@@ -184,6 +190,28 @@ class Checkpointer:
             data=ocp.args.JsonSave(data_state)),
         force=force)
     self.manager.wait_until_finished()
+
+  def remove_unfinished(self) -> list[pathlib.Path]:
+    """Deletes the temporary directories of saves that never finished.
+
+    A save writes ``<step>.orbax-checkpoint-tmp*`` and renames it to
+    ``<step>`` when complete; a trainer killed before the rename leaves the
+    temporary directory, which no restore reads. Only the trainer holding
+    the workdir's lock may call this (another process may be mid-save).
+
+    Returns:
+      The removed directories (on process 0; other processes remove none).
+    """
+    removed = []
+    if jax.process_index() == 0 and self.directory.is_dir():
+      for path in sorted(self.directory.glob("*" + _TMP_SUFFIX + "*")):
+        if path.is_dir():
+          logging.warning("removing %s, the unfinished save of a trainer "
+                          "that stopped before it completed", path)
+          shutil.rmtree(path)
+          removed.append(path)
+    self.manager.reload()
+    return removed
 
   def all_steps(self) -> list[int]:
     self.manager.reload()

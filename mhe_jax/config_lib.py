@@ -2,7 +2,8 @@
 
 Experiment configs (``configs/*.py``) start from :func:`base_config` and set
 values; they may not add keys. :func:`validate` rejects unknown keys (with
-the known ones listed) and values of the wrong kind before anything is built.
+the known ones listed) and values of the wrong kind before anything is built;
+:func:`check_paths` rejects data paths that do not exist.
 
 Example::
 
@@ -64,6 +65,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 0            # Steps between evaluations; 0 -> only at the end.
   c.checkpoint_every = 500    # Steps between checkpoints; 0 -> only at the end.
   c.keep_checkpoints = 3      # Checkpoints kept on disk.
+  # A step whose loss or gradient norm is NaN or infinite is never applied;
+  # then 'stop' raises naming the step (the last checkpoint stays the
+  # newest), 'skip' drops that batch and counts it in train/skipped_steps.
+  c.nonfinite = "stop"
 
   c.encoder = ml_collections.ConfigDict()
   c.encoder.type = "sparse_mlp"  # Encoder: see mhe_jax.registry.ENCODERS.
@@ -232,6 +237,43 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.data.validation_fraction < 1.0:
     raise ValueError("config.data.validation_fraction must be in [0, 1), got "
                      f"{config.data.validation_fraction}")
+  if config.nonfinite not in NONFINITE_MODES:
+    raise ValueError(f"config.nonfinite must be one of {list(NONFINITE_MODES)}, "
+                     f"got {config.nonfinite!r}")
+
+
+NONFINITE_MODES = ("stop", "skip")
+
+# Config keys naming data on disk: key -> what must be there when it is set.
+DATA_PATHS = {"data.train": "file", "data.test": "file",
+              "data.labels_xml": "file", "data.data_dir": "directory",
+              "data.tfds_data_dir": "directory"}
+
+
+class ConfigPathError(FileNotFoundError):
+  """A data path set in the config does not exist."""
+
+
+def check_paths(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigPathError for a set data path that is not there.
+
+  Checked before any data is read or anything compiled, so a typo in a path
+  fails in a second, naming the key and the path (relative paths are taken
+  from the working directory).
+  """
+  for key, kind in DATA_PATHS.items():
+    value = config.data[key.split(".", 1)[1]]
+    if not value:
+      continue
+    path = pathlib.Path(value)
+    ok = path.is_file() if kind == "file" else path.is_dir()
+    if not ok:
+      what = ("is a directory, not a file" if kind == "file" and path.is_dir()
+              else "is a file, not a directory" if path.is_file()
+              else "does not exist")
+      raise ConfigPathError(
+          f"config.{key}={value!r}: {path.absolute()} {what}; expected a "
+          f"{kind}")
 
 
 def from_file(path: str | pathlib.Path, arg: str | None = None,

@@ -627,6 +627,12 @@ class Predictor:
     incremental). Output lines are ``label:score`` pairs (best first), or
     the label names separated by tabs with ``write_names``.
 
+    The output file is written atomically: into ``<output>.tmp-<pid>`` in
+    the same directory, then renamed over ``output_path`` once complete, so
+    a killed or failed run never leaves a partial file under that name (a
+    previous file there stays whole; on an error the temporary file is
+    removed).
+
     Args:
       input_path: the examples; format as ``file_format``.
       output_path: the output text file ("-": stdout).
@@ -676,17 +682,31 @@ class Predictor:
       raise ValueError(f"unknown file_format {file_format!r}; known: "
                        "['arff', 'auto', 'text', 'xc']")
     progress = _Progress(total, progress_every)
-    out = (open(output_path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
-           if str(output_path) != "-" else None)
+    to_stdout = str(output_path) == "-"
+    if not to_stdout:
+      output_path = pathlib.Path(output_path)
+      tmp_path = output_path.with_name(f"{output_path.name}.tmp-{os.getpid()}")
+    out = (None if to_stdout else  # pylint: disable=consider-using-with
+           open(tmp_path, "w", encoding="utf-8"))
     try:
-      write = out.write if out is not None else _stdout_write
+      write = _stdout_write if to_stdout else out.write
       for batch in batches:
         pred = self.predict(batch, k)
         write(_format_lines(pred, write_names))
         progress.update(len(pred.labels))
-    finally:
+      if out is not None:
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+        os.replace(tmp_path, output_path)
+    except BaseException:
       if out is not None:
         out.close()
+        tmp_path.unlink(missing_ok=True)
+      raise
+    finally:
+      if hasattr(batches, "close"):  # a reader's generator: its files now
+        batches.close()
     progress.done()
     return progress.count
 

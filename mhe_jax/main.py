@@ -4,8 +4,9 @@ Parses flags and calls :func:`mhe_jax.train.train_and_evaluate`; nothing else.
 Override any config value with ``--config.a.b=value``; unknown keys fail.
 A workdir resumes only a run of a matching config; ``--fresh`` starts over,
 moving the run already there into ``DIR/archive/<time>/``. A refusal to
-start (config mismatch, a workdir another trainer holds) ends with its
-error message on stderr (no traceback) and exit code 1.
+start (config mismatch, a workdir another trainer holds, a data path that
+does not exist) and a stop at a non-finite loss end with the error message
+on stderr (no traceback) and exit code 1.
 """
 
 from absl import app
@@ -32,7 +33,7 @@ def main(argv):
   distributed.initialize()
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, fresh=_FRESH.value)
-  except train.REFUSALS as e:
+  except (*train.REFUSALS, train.NonFiniteError) as e:
     raise SystemExit(f"error: {e}") from None
 
 

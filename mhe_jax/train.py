@@ -10,6 +10,15 @@ checkpoints with orbax (resuming automatically from the newest usable
 checkpoint in ``workdir``), evaluates by decoding straight to top-k labels,
 and writes ``workdir/results.json``.
 
+Every step's loss and gradient norm are checked for NaN and infinity (the
+jitted step returns a flag; the host reads it one step behind, so the device
+is never left idle). A non-finite step's update is never applied: the step
+returns the state it was given. ``config.nonfinite='stop'`` (the default)
+then raises :class:`NonFiniteError` naming the step, leaving the last
+checkpoint on disk as the newest (a non-finite state is never saved);
+``'skip'`` drops that batch, logs a warning and counts it in the
+``train/skipped_steps`` metric.
+
 One trainer at a time holds a workdir (:func:`mhe_jax.workdir.lock`). A run
 resumes only when its config matches the saved ``workdir/config.json`` in
 every key that shapes the state (:data:`mhe_jax.workdir.KEY_EFFECTS`);
@@ -55,10 +64,16 @@ from mhe_jax import workdir as workdir_lib
 from mhe_jax import writers
 from mhe_jax.data import pipeline
 
-# What train_and_evaluate raises when it refuses to start in a workdir (a
-# config that does not match the saved run, a workdir another trainer holds,
-# a checkpoint of another structure); the message says what to do.
-REFUSALS = (workdir_lib.WorkdirError, checkpointing.CheckpointMismatchError)
+# What train_and_evaluate raises when it refuses to start (a config that does
+# not match the saved run, a workdir another trainer holds, a checkpoint of
+# another structure, a data path in the config that does not exist); the
+# message says what to do.
+REFUSALS = (workdir_lib.WorkdirError, checkpointing.CheckpointMismatchError,
+            config_lib.ConfigPathError)
+
+
+class NonFiniteError(FloatingPointError):
+  """A training step's loss or gradient norm was NaN or infinite."""
 
 
 def _mesh_and_rules(config):
@@ -93,6 +108,7 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict,
                workdir: str | pathlib.Path):
     config_lib.validate(config)
+    config_lib.check_paths(config)
     registry.check_names(config)
     self.config = config
     self.workdir = pathlib.Path(workdir)
@@ -134,12 +150,23 @@ class Trainer:
 
   # ------------------------------------------------------------ jitted fns
   def _step(self, state, batch, rng):
+    """One update; a non-finite loss or gradient returns ``state`` unchanged.
+
+    ``metrics["finite"]`` says which happened. The select over the state
+    fuses into the update's elementwise ops.
+    """
+    # A copy of the tree: the update mutates the Variables merged from state.
+    previous = jax.tree.map(lambda x: x, state)
     model, optimizer = nnx.merge(self.graphdef, state)
     loss, grads = nnx.value_and_grad(
         lambda m: m.loss(batch, rng=rng, train=True))(model)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     optimizer.update(model, grads)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return nnx.state((model, optimizer)), metrics
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             nnx.state((model, optimizer)), previous)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+    return new_state, metrics
 
   def _topk(self, state, batch):
     model, _ = nnx.merge(self.graphdef, state)
@@ -214,8 +241,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     mhe_jax.workdir.WorkdirLockedError: another trainer holds ``workdir``.
     mhe_jax.checkpointing.CheckpointMismatchError: a checkpoint of another
       structure than ``config`` builds.
+    mhe_jax.config_lib.ConfigPathError: a data path (``data.train``,
+      ``data.test``, ``data.labels_xml``, ``data.data_dir``,
+      ``data.tfds_data_dir``) is set but does not exist.
+    NonFiniteError: with ``config.nonfinite='stop'``, a step's loss or
+      gradient norm was NaN or infinite (the message names the step).
   """
   writers.quiet_library_logs()
+  config_lib.validate(config)
+  config_lib.check_paths(config)  # before a lock, archive or data read
   leader = jax.process_index() == 0
   with workdir_lib.lock(workdir, enabled=leader):
     if fresh:
@@ -228,6 +262,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     return _train_and_evaluate(config, workdir)
 
 
+class _FinitenessCheck:
+  """Reads each step's finiteness flag one step late and acts on it.
+
+  ``push`` queues a step's metrics and checks the one queued before it (by
+  then finished, so reading it does not stall the device); ``drain`` checks
+  everything queued. A non-finite step raises :class:`NonFiniteError` under
+  ``nonfinite='stop'``; under ``'skip'`` it is logged and counted.
+  """
+
+  def __init__(self, mode: str, checkpointer, num_steps: int):
+    self.mode = mode
+    self.checkpointer = checkpointer
+    self.num_steps = num_steps
+    self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self.skipped = 0  # since the last take_skipped()
+
+  def push(self, step: int, metrics: dict[str, jax.Array],
+           last_saved: int) -> None:
+    self.pending.append((step, metrics))
+    while len(self.pending) > 1:
+      self._check(*self.pending.pop(0), last_saved)
+
+  def drain(self, last_saved: int) -> None:
+    while self.pending:
+      self._check(*self.pending.pop(0), last_saved)
+
+  def take_skipped(self) -> int:
+    n, self.skipped = self.skipped, 0
+    return n
+
+  def _check(self, step: int, metrics: dict[str, jax.Array],
+             last_saved: int) -> None:
+    if bool(metrics["finite"]):
+      return
+    values = (f"loss={float(metrics['loss'])}, "
+              f"grad_norm={float(metrics['grad_norm'])}")
+    if self.mode == "skip":
+      self.skipped += 1
+      logging.warning("training step %d of %d is non-finite (%s): skipped "
+                      "its batch (config.nonfinite='skip')", step,
+                      self.num_steps, values)
+      return
+    kept = (f"the newest checkpoint on disk is still step {last_saved} in "
+            f"{self.checkpointer.directory}" if last_saved >= 0 else
+            "no checkpoint was saved")
+    raise NonFiniteError(
+        f"training stopped at step {step} of {self.num_steps}: the loss or "
+        f"gradient norm is non-finite ({values}). That update was not "
+        f"applied and no later state was saved; {kept}. Lower the learning "
+        "rate or clip gradients (config.optimizer.grad_clip), or set "
+        "config.nonfinite='skip' to skip such batches.")
+
+
 def _train_and_evaluate(config, workdir):
   """train_and_evaluate in a workdir this process may train in."""
   trainer = Trainer(config, workdir)
@@ -236,6 +323,7 @@ def _train_and_evaluate(config, workdir):
 
   train_iter = iter(pipeline.train_loader(trainer.data.train, config.batch_size,
                                           seed=config.seed))
+  trainer.checkpointer.remove_unfinished()  # saves a killed trainer left
   restored = trainer.checkpointer.restore_latest(trainer.abstract_state)
   if restored is None:
     state, step = trainer.init_state(), 0
@@ -263,25 +351,41 @@ def _train_and_evaluate(config, workdir):
   losses = []
   eval_results: dict[str, float] = {}
   last_saved = step if restored else -1
+  finiteness = _FinitenessCheck(config.nonfinite, trainer.checkpointer,
+                                num_steps)
   other_time = compile_time = 0.0  # eval + checkpoints; the first step
   loop_start = time.perf_counter()
   while step < num_steps:
     state, step_metrics = trainer.train_step(state, next(train_iter), step)
-    losses.append(step_metrics["loss"])
     step += 1
+    try:
+      # Reads the previous step's flag (this one's is in flight), then this
+      # one's before anything that uses the state: a log, eval or save.
+      finiteness.push(step, step_metrics, last_saved)
+      if (step % config.log_every == 0 or step == num_steps
+          or (config.eval_every and step % config.eval_every == 0)
+          or (config.checkpoint_every and step % config.checkpoint_every == 0)):
+        finiteness.drain(last_saved)
+    except NonFiniteError:
+      writer.close()
+      trainer.checkpointer.close()
+      raise
+    losses.append(step_metrics)
     if step == first_step + 1:  # exclude compilation from the throughput
       jax.block_until_ready(state)
       compile_time = time.perf_counter() - loop_start
     if step % config.log_every == 0 or step == num_steps:
-      loss = float(jnp.mean(jnp.stack(losses)))
+      # The mean over the interval's finite steps (NaN if none was).
+      finite = jnp.stack([m["finite"] for m in losses])
+      loss = float(jnp.sum(jnp.where(finite, jnp.stack(
+          [m["loss"] for m in losses]), 0.0)) / jnp.sum(finite))
       losses = []
       rate = progress.update(step)
       writer.write_scalars(step, {
           "train/loss": loss,
           "train/grad_norm": float(step_metrics["grad_norm"]),
+          "train/skipped_steps": finiteness.take_skipped(),
           "train/steps_per_sec": rate["steps_per_sec"]})
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss} at step {step}")
     t0 = time.perf_counter()
     if config.eval_every and step % config.eval_every == 0 and step < num_steps:
       eval_results = trainer.evaluate(state)

@@ -77,6 +77,9 @@ KEY_EFFECTS: dict[str, bool] = {
     "eval_every": KEEPS_STATE,
     "checkpoint_every": KEEPS_STATE,
     "keep_checkpoints": KEEPS_STATE,
+    # What happens at a non-finite step; the trajectory of finite steps is
+    # the same under either value.
+    "nonfinite": KEEPS_STATE,
     "eval_batch_size": KEEPS_STATE,
     "eval.ks": KEEPS_STATE,
     "eval.propensity_a": KEEPS_STATE,
