@@ -14,9 +14,19 @@ deletes such a leftover temporary directory.
   raises :class:`CheckpointMismatchError` and leaves every checkpoint where
   it is: the config asks for another model than the one saved;
 * a damaged checkpoint (unreadable metadata or files, truncated arrays,
-  non-finite values) is skipped with a warning and renamed to
+  non-finite values, arrays or data state that do not match the checksums
+  saved with them) is skipped with a warning and renamed to
   ``<step>.unreadable`` (kept, not deleted, so that step can be saved
   again), and the next older one is tried.
+
+Checksums. Orbax checks its own metadata (the OCDBT manifest and b-tree
+nodes carry CRC-32C; JSON must parse), but the compressed array chunks have
+no checksum, so a flipped byte there restores as different values. Each
+checkpoint therefore also holds a ``checksums`` item: per array, the sum of
+its 32-bit words modulo 2**32 (computed on device; any single flipped bit
+changes it), and a SHA-256 of the data state's JSON. A restore recomputes
+both and treats a mismatch as damage. Checkpoints written without the item
+restore unchecked.
 
 Example::
 
@@ -29,6 +39,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pathlib
 import shutil
 from typing import Any
@@ -155,6 +167,50 @@ def check_finite_structure(state: Any, abstract_state: Any, *,
           f"{np.size(leaf)}")
 
 
+def _words(x: jax.Array) -> jax.Array:
+  """The array's bits as unsigned integers of at most 32 bits."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  bits = np.dtype(x.dtype).itemsize * 8
+  unsigned = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint32}
+  return jax.lax.bitcast_convert_type(x, unsigned[bits])
+
+
+@jax.jit
+def _array_sums(tree: Any) -> Any:
+  return jax.tree.map(
+      lambda x: jnp.sum(_words(x).astype(jnp.uint32), dtype=jnp.uint32), tree)
+
+
+def checksums(savable: Any) -> dict[str, int]:
+  """Leaf path -> sum of the leaf's 32-bit words mod 2**32 (see above)."""
+  sums = jax.device_get(_array_sums(savable))
+  return {_path_name(path): int(v)
+          for path, v in jax.tree_util.tree_leaves_with_path(sums)}
+
+
+def _data_digest(data_state: dict[str, Any]) -> str:
+  text = json.dumps(data_state, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_sums(saved: dict[str, Any], savable: Any, data_state: dict[str, Any],
+                where: str) -> None:
+  got = checksums(savable)
+  want = saved.get("arrays", {})
+  bad = sorted(name for name in set(got) | set(want)
+               if got.get(name) != want.get(name))
+  if bad:
+    listed = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8
+                                   else "")
+    raise DamagedCheckpointError(
+        f"{where}: {len(bad)} array(s) do not match the checksums saved with "
+        f"them ({listed})")
+  if saved.get("data") != _data_digest(data_state):
+    raise DamagedCheckpointError(
+        f"{where}: the data iterator state does not match its saved SHA-256")
+
+
 def _from_savable(tree: Any, like: Any) -> Any:
   def one(x, ref):
     if jax.dtypes.issubdtype(ref.dtype, jax.dtypes.prng_key):
@@ -178,16 +234,20 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": ocp.JsonCheckpointHandler()})
+                       "data": ocp.JsonCheckpointHandler(),
+                       "checksums": ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state: Any, data_state: dict[str, Any],
            *, force: bool = True) -> None:
     """Writes checkpoint ``step`` atomically and waits until it is on disk."""
+    savable = _to_savable(state)
+    sums = {"arrays": checksums(savable), "data": _data_digest(data_state)}
     self.manager.save(
         int(step),
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_savable(state)),
-            data=ocp.args.JsonSave(data_state)),
+            state=ocp.args.StandardSave(savable),
+            data=ocp.args.JsonSave(data_state),
+            checksums=ocp.args.JsonSave(sums)),
         force=force)
     self.manager.wait_until_finished()
 
@@ -256,12 +316,17 @@ class Checkpointer:
             "layout, or start over with --fresh / "
             "train_and_evaluate(..., fresh=True).")
       try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target),
-                data=ocp.args.JsonRestore()))
+        items = dict(state=ocp.args.StandardRestore(target),
+                     data=ocp.args.JsonRestore())
+        summed = (self.directory / str(step) / "checksums").is_dir()
+        if summed:
+          items["checksums"] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         state = _from_savable(restored["state"], abstract_state)
         check_finite_structure(state, abstract_state, where=where)
+        if summed:
+          _check_sums(dict(restored["checksums"]), restored["state"],
+                      dict(restored["data"]), where)
       except CheckpointMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
