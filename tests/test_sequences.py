@@ -411,6 +411,8 @@ def test_amazon_beauty_config_arguments():
   assert both.num_train_steps == module.get_config("runlocal").num_train_steps
   assert both.num_train_steps < module.get_config("head=mhc").num_train_steps
   config_lib.validate(both)
-  with pytest.raises(ValueError, match=r"bad argument 'head=bert' in "
-                     r"'head=bert,runlocal'"):
+  with pytest.raises(ValueError, match=r"head='bert'; known: \['vanilla', "
+                     r"'mhp', 'mhc', 'mhs'\]"):
     module.get_config("head=bert,runlocal")
+  with pytest.raises(ValueError, match=r"unknown config argument 'heads'"):
+    module.get_config("heads=mhc")
