@@ -58,14 +58,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
 import re
 from collections.abc import Sequence
 
 import numpy as np
 
-from mhe_jax.data.formats import FormatError
-from mhe_jax.data.formats import _line_of_byte  # pylint: disable=protected-access
+from mhe_jax.data import formats
 
 #: Token regex, applied to lower-cased text (see the module docstring).
 TOKEN_PATTERN = r"[^\W\d_]+(?:'[^\W\d_]+)*|\d+|\S"
@@ -184,14 +182,7 @@ class Corpus:
         ``encoding``, naming the file and the line.
       ValueError: for an empty file (naming it) or bad arguments.
     """
-    raw = pathlib.Path(path).read_bytes()
-    try:
-      text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-      raise FormatError(path, _line_of_byte(raw, e.start),
-                        f"not valid {encoding}: {e.reason}") from None
-    if text.startswith("\ufeff"):
-      text = text[1:]
+    text = formats.read_text(path, encoding)
     if not text.strip():
       raise ValueError(f"{os.fspath(path)}: empty corpus file")
     return cls.from_text(text, min_count=min_count, test_fraction=test_fraction)

@@ -188,16 +188,24 @@ _NUM_RE = re.compile(_NUM, re.ASCII)
 _IDX = r"\d{1,18}+"
 
 
-def _read_lines(path: PathLike, encoding: str) -> tuple[list[str], bool]:
-  """Lines of a text file without terminators, and whether it ended in one."""
+def read_text(path: PathLike, encoding: str = "utf-8") -> str:
+  """A text file decoded, without a leading byte order mark.
+
+  Raises:
+    FormatError: bytes that are not valid ``encoding``, naming their line.
+  """
   raw = pathlib.Path(path).read_bytes()
   try:
     text = raw.decode(encoding)
   except UnicodeDecodeError as e:
     raise FormatError(path, _line_of_byte(raw, e.start),
                       f"not valid {encoding}: {e.reason}") from None
-  if text.startswith("\ufeff"):
-    text = text[1:]
+  return text[1:] if text.startswith("\ufeff") else text
+
+
+def _read_lines(path: PathLike, encoding: str) -> tuple[list[str], bool]:
+  """Lines of a text file without terminators, and whether it ended in one."""
+  text = read_text(path, encoding)
   if "\r" in text:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
   if not text.strip():
