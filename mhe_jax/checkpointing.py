@@ -322,11 +322,13 @@ class Checkpointer:
         if summed:
           items["checksums"] = ocp.args.JsonRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        state = _from_savable(restored["state"], abstract_state)
-        check_finite_structure(state, abstract_state, where=where)
+        # The checksums first: a flipped byte that decompresses to NaN is
+        # reported as what it is (damage on disk), not as a diverged run.
         if summed:
           _check_sums(dict(restored["checksums"]), restored["state"],
                       dict(restored["data"]), where)
+        state = _from_savable(restored["state"], abstract_state)
+        check_finite_structure(state, abstract_state, where=where)
       except CheckpointMismatchError:
         raise
       except Exception as e:  # pylint: disable=broad-except
