@@ -52,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
                               # the validation targets (second-to-last items).
   c.data.max_len = 50         # Interaction data: positions per sequence (its
                               # last max_len items); 50 is SASRec's Beauty setting.
+  # Interaction data: labelled positions a training batch scores (its B * T
+  # rows compacted to this many); 0 -> all B * T. A batch with more labelled
+  # positions raises (choose it above the largest batch's count).
+  c.data.train_rows = 0
   c.data.max_features = 0     # Padded features per example; 0 -> longest row.
   # >0: training rows keep their this-many features of largest tf-idf (ties:
   # lower feature id) and are padded to it; evaluation rows are never cut.
@@ -78,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.encoder.tfidf = True      # sparse_mlp: weight feature values by idf.
   c.encoder.input_dropout = 0.0  # sparse_mlp: drop input features (training).
   c.encoder.sublinear_tf = False  # sparse_mlp: values -> log(1 + v) first.
+  c.encoder.activation = "relu"  # sparse_mlp MLP: relu | bilinear ((xW+b)*(xV+c)).
   c.encoder.num_blocks = 2    # sasrec: pre-LayerNorm self-attention blocks.
   c.encoder.num_attention_heads = 1  # sasrec: heads per attention (divide embed_dim).
   c.encoder.ffn_dim = 0       # sasrec: feed-forward inner width; 0 -> embed_dim.

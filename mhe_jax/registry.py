@@ -280,7 +280,7 @@ def _sparse_mlp(cfg, data: Dataset, rngs):
       data.input_size, cfg.embed_dim, tuple(cfg.hidden), dropout=cfg.dropout,
       tfidf_idf=data.idf if cfg.tfidf else None,
       input_dropout=cfg.input_dropout, sublinear_tf=cfg.sublinear_tf,
-      rngs=rngs)
+      activation=cfg.activation, rngs=rngs)
 
 
 def _token_context(cfg, data: Dataset, rngs):
@@ -576,7 +576,8 @@ def build_model(config: ml_collections.ConfigDict, data: Dataset,
                        "and an encoder with an item table (sasrec), got "
                        f"{config.head.type!r} and {config.encoder.type!r}")
     encoder.tie(head)
-  return Classifier(encoder, head, data.input_keys)
+  return Classifier(encoder, head, data.input_keys,
+                    max_rows=config.data.train_rows)
 
 
 # --------------------------------------------------------------- optimisers

@@ -132,13 +132,19 @@ def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, str | None]],
   return NamedSharding(mesh, P(axis, *([None] * (ndim - 1))))
 
 
+def batch_shards(mesh: Mesh, rules: Sequence[tuple[str, str | None]]) -> int:
+  """How many shards the batch axis is cut into on ``mesh``."""
+  axis = dict(rules).get("batch")
+  return int(np.prod([mesh.shape[a] for a in
+                      (axis if isinstance(axis, tuple) else (axis,))
+                      if a is not None]))
+
+
 def check_divisible(batch_size: int, mesh: Mesh,
                     rules: Sequence[tuple[str, str | None]],
                     what: str = "batch_size") -> None:
   axis = dict(rules).get("batch")
-  size = int(np.prod([mesh.shape[a] for a in
-                      (axis if isinstance(axis, tuple) else (axis,))
-                      if a is not None]))
+  size = batch_shards(mesh, rules)
   if batch_size % size:
     raise ValueError(f"{what}={batch_size} is not divisible by the {size} "
                      f"devices of the batch mesh axis {axis!r}")

@@ -63,6 +63,7 @@ from mhe_jax import sharding as sharding_lib
 from mhe_jax import workdir as workdir_lib
 from mhe_jax import writers
 from mhe_jax.data import pipeline
+from mhe_jax.nn import models as models_lib
 
 # What train_and_evaluate raises when it refuses to start (a config that does
 # not match the saved run, a workdir another trainer holds, a checkpoint of
@@ -187,6 +188,18 @@ class Trainer:
     return out
 
   def train_step(self, state, batch, step: int):
+    rows = self.config.data.train_rows
+    if rows and isinstance(self.data.train, pipeline.SequenceSource):
+      # Model.loss compacts each batch shard's rows into rows / shards.
+      shards = sharding_lib.batch_shards(self.mesh, self.rules)
+      local = max(shards // jax.process_count(), 1)
+      got = models_lib.labelled_rows(batch["labels"], batch.get("mask"), local)
+      if got > rows // shards:
+        raise ValueError(
+            f"step {step}: a batch shard has {got} labelled positions but "
+            f"config.data.train_rows={rows} scores at most {rows // shards} "
+            f"per shard ({shards} batch shards); raise data.train_rows (or "
+            "set it to 0 to score all B * T rows)")
     rng = jax.random.fold_in(jax.random.key(self.config.seed), step)
     with jax.set_mesh(self.mesh):
       return self._train_step(state, self.device_batch(batch), rng)
@@ -356,7 +369,12 @@ def _train_and_evaluate(config, workdir):
   other_time = compile_time = 0.0  # eval + checkpoints; the first step
   loop_start = time.perf_counter()
   while step < num_steps:
-    state, step_metrics = trainer.train_step(state, next(train_iter), step)
+    try:
+      state, step_metrics = trainer.train_step(state, next(train_iter), step)
+    except ValueError:  # a batch the config cannot take (data.train_rows)
+      writer.close()
+      trainer.checkpointer.close()
+      raise
     step += 1
     try:
       # Reads the previous step's flag (this one's is in flight), then this

@@ -99,6 +99,9 @@ KEY_EFFECTS: dict[str, bool] = {
     "mesh.rules": KEEPS_STATE,
     # vanilla: the class chunk of the loss computation, not a parameter.
     "head.chunk_size": KEEPS_STATE,
+    # sequence training: which rows the head scores, not which it learns from
+    # (every labelled position either way; more raises).
+    "data.train_rows": KEEPS_STATE,
 
     # Initialisation, data order and sampling: refuse.
     "seed": CHANGES_STATE,
@@ -123,6 +126,7 @@ KEY_EFFECTS: dict[str, bool] = {
     "data.max_len": CHANGES_STATE,
     "data.train_max_features": CHANGES_STATE,
     "encoder.sublinear_tf": CHANGES_STATE,
+    "encoder.activation": CHANGES_STATE,
     # The encoder: shapes and what its training step computes.
     "encoder.type": CHANGES_STATE,
     "encoder.embed_dim": CHANGES_STATE,

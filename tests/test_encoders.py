@@ -105,6 +105,26 @@ def test_full_encoder_equals_numpy():
   np.testing.assert_allclose(apply(enc, ids, values), x, rtol=1e-5, atol=1e-6)
 
 
+def test_bilinear_mlp_equals_numpy_and_starts_linear():
+  ids, values, dense = padded_batch(seed=2)
+  idf = np_idf(dense)
+  enc = SparseMLPEncoder(V, D, HIDDEN, tfidf_idf=idf, activation="bilinear",
+                         rngs=nnx.Rngs(1))
+  x = np_bag(dense, enc.embedding[...], idf)
+  for layer, gate in zip(enc.mlp.linears, enc.mlp.gates):
+    # At init the gate is x V + 1: the product is the linear map plus a
+    # quadratic part.
+    np.testing.assert_array_equal(np.asarray(gate.bias[...]), 1.0)
+    x = ((x @ np.asarray(layer.kernel[...], np.float64)
+          + np.asarray(layer.bias[...]))
+         * (x @ np.asarray(gate.kernel[...], np.float64)
+            + np.asarray(gate.bias[...])))
+  np.testing.assert_allclose(apply(enc, ids, values), x, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="activation must be 'relu' or "
+                     "'bilinear', got 'gelu'"):
+    SparseMLPEncoder(V, D, HIDDEN, activation="gelu", rngs=nnx.Rngs(1))
+
+
 def test_padding_ignored_and_gets_no_gradient():
   ids, values, _ = padded_batch(seed=2)
   enc = SparseMLPEncoder(V, D, HIDDEN, tfidf_idf=np.linspace(1, 2, V),

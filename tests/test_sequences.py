@@ -17,6 +17,7 @@ from mhe_jax import train
 from mhe_jax.data import interactions
 from mhe_jax.data import pipeline
 from mhe_jax.nn import heads
+from mhe_jax.nn import models
 from mhe_jax.nn.models import Classifier
 from mhe_jax.nn.sequence import SASRecEncoder
 from mhe_jax.nn.sequence import causal_attention
@@ -157,12 +158,15 @@ def _heads(d, c):
   }
 
 
+@pytest.mark.parametrize("max_rows", [0, 8, 11])
 @pytest.mark.parametrize("name", ["vanilla", "mhp", "mhc", "mhs"])
-def test_position_loss_is_mean_over_labelled_positions(name):
+def test_position_loss_is_mean_over_labelled_positions(name, max_rows):
+  # max_rows: 0 scores all 15 rows, 8 exactly the labelled ones (compacted),
+  # 11 the labelled ones and three padding rows.
   c, t, d = 40, 5, 16
   head = _heads(d, c)[name]
   enc = SASRecEncoder(c, t, d, num_blocks=1, rngs=nnx.Rngs(0))
-  model = Classifier(enc, head, ("items",))
+  model = Classifier(enc, head, ("items",), max_rows=max_rows)
   items = np.array([[-1, -1, 3, 9, 4], [5, 6, 7, 8, 9], [-1, 1, 2, 3, 4]],
                    np.int32)
   labels = np.array([[-1, -1, 9, 4, 11], [6, 7, 8, 9, 10], [-1, 2, 3, 4, 5]],
@@ -366,7 +370,13 @@ def sequence_config(root, head, **overrides):
 
 @pytest.mark.parametrize("head,overrides", [
     ("vanilla", {}), ("vanilla", {"head.tie_embeddings": True}), ("mhp", {}),
-    ("mhc", {}), ("mhs", {})])
+    ("mhc", {}), ("mhs", {}),
+    # Two batch shards of 16 users, each compacted to 80 of its 96 rows.
+    ("vanilla", {"data.train_rows": 160, "mesh.shape": (2, 4),
+                 "mesh.rules": (("batch", "data"),) + tuple(
+                     (name, None) for name in ("classes", "embed", "mlp",
+                                               "vocab", "heads", "prefixes"))}),
+])
 def test_trainer_learns_next_item(tmp_path, head, overrides):
   write_log(tmp_path)
   config = sequence_config(tmp_path, head, **overrides)
@@ -393,6 +403,23 @@ def test_trainer_validation_split_and_no_exclusion(tmp_path):
   assert ex.targets[0] == log.sequences.sequence(0)[-2]
   results = trainer.evaluate(trainer.init_state())
   assert set(results) == {f"{m}@{k}" for m in ("HR", "NDCG") for k in (1, 5, 10)}
+
+
+def test_labelled_rows_counts_unmasked_targets():
+  labels = np.array([[-1, 2, 3], [4, 5, 6], [-1, -1, 7]])
+  assert models.labelled_rows(labels) == 6
+  assert models.labelled_rows(labels, np.array([True, False, True])) == 3
+  assert models.labelled_rows(np.concatenate([labels, labels[:1]]), None,
+                              shards=2) == 5
+
+
+def test_train_rows_bound_is_checked_per_batch(tmp_path):
+  write_log(tmp_path)
+  config = sequence_config(tmp_path, "mhp", num_train_steps=2,
+                           **{"data.train_rows": 20})
+  with pytest.raises(ValueError, match=r"step 0: a batch shard has \d+ labelled "
+                     r"positions but config.data.train_rows=20"):
+    train.train_and_evaluate(config, tmp_path / "wd")
 
 
 def test_tie_embeddings_needs_vanilla_and_sasrec(tmp_path):
