@@ -225,6 +225,45 @@ def token_label_centroids(ids: np.ndarray, context: int, num_classes: int, *,
   return label_centroids(X, Y, dim=dim, seed=seed)
 
 
+def sequence_label_centroids(values: np.ndarray, offsets: np.ndarray,
+                             num_classes: int, *, window: int = 3,
+                             dim: int = 64, seed: int = 0) -> np.ndarray:
+  """Label centroids of next-item data: the bag of each item's neighbours.
+
+  Row y is the (projected) mean of the one-hot rows of the items at most
+  ``window`` positions before or after an occurrence of y in the same
+  sequence -- :func:`label_centroids` with one row per such pair, so items
+  bought in the same stretches of users' histories get similar centroids.
+
+  Args:
+    values, offsets: the sequences in CSR layout
+      (:class:`~mhe_jax.data.interactions.Sequences`).
+    num_classes: C, items are in ``[0, C)``.
+    window: neighbours on each side.
+    dim, seed: the projection (see :func:`label_centroids`).
+  """
+  values = np.asarray(values, np.int64)
+  offsets = np.asarray(offsets, np.int64)
+  if window < 1:
+    raise ValueError(f"window must be >= 1, got {window}")
+  seq = np.repeat(np.arange(offsets.shape[0] - 1), np.diff(offsets))
+  items, neighbours = [], []
+  for o in range(1, window + 1):
+    same = seq[o:] == seq[:-o]
+    a, b = values[:-o][same], values[o:][same]
+    items += [a, b]
+    neighbours += [b, a]
+  items = np.concatenate(items) if items else np.zeros(0, np.int64)
+  neighbours = (np.concatenate(neighbours) if neighbours
+                else np.zeros(0, np.int64))
+  n = items.shape[0]
+  X = sp.csr_matrix((np.ones(n), (np.arange(n), neighbours)),
+                    shape=(n, num_classes))
+  Y = sp.csr_matrix((np.ones(n), (np.arange(n), items)),
+                    shape=(n, num_classes))
+  return label_centroids(X, Y, dim=dim, seed=seed)
+
+
 def label_permutation(order: str, codec: LabelCodec, *, seed: int = 0,
                       centroids: np.ndarray | None = None
                       ) -> np.ndarray | None:

@@ -321,7 +321,9 @@ def train_label_centroids(data: Dataset, dim: int = 64) -> np.ndarray:
 
   Bag-of-words data: each label's mean l2-normalised feature row
   (:func:`mhe_jax.label_order.label_centroids`); token data: the bag of
-  each word's contexts (:func:`mhe_jax.label_order.token_label_centroids`).
+  each word's contexts (:func:`mhe_jax.label_order.token_label_centroids`);
+  next-item data: the bag of each item's neighbours in the training
+  histories (:func:`mhe_jax.label_order.sequence_label_centroids`).
   """
   source = data.train
   if isinstance(source, pipeline.SparseSource):
@@ -330,6 +332,10 @@ def train_label_centroids(data: Dataset, dim: int = 64) -> np.ndarray:
   if isinstance(source, pipeline.TokenSource):
     return label_order_lib.token_label_centroids(
         source.ids, source.context, data.num_classes, dim=dim)
+  if isinstance(source, pipeline.SequenceSource):
+    return label_order_lib.sequence_label_centroids(
+        source.histories.values, source.histories.offsets, data.num_classes,
+        dim=dim)
   raise ValueError(f"no label centroids for a {type(source).__name__} "
                    "training source")
 

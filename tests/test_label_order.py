@@ -228,6 +228,24 @@ def test_label_centroids_against_numpy():
   np.testing.assert_allclose(tok[0], [0, 1, 0.5, 0.5] / np.sqrt(2), rtol=1e-6)
 
 
+def test_sequence_label_centroids_hand_case():
+  # Sequences [0, 1, 2] and [2, 3]; window 1: item 2's neighbours are 1 (in
+  # the first) and 3 (in the second), never 0; item 0's only neighbour is 1.
+  values, offsets = np.array([0, 1, 2, 2, 3]), np.array([0, 3, 5])
+  cent = label_order.sequence_label_centroids(values, offsets, 5, window=1,
+                                              dim=0)
+  np.testing.assert_allclose(cent, [[0, 1, 0, 0, 0], [.5, 0, .5, 0, 0],
+                                    [0, .5, 0, .5, 0], [0, 0, 1, 0, 0],
+                                    [0, 0, 0, 0, 0]], atol=1e-7)
+  # Window 2 adds the pair (0, 2) of the first sequence only.
+  cent2 = label_order.sequence_label_centroids(values, offsets, 5, window=2,
+                                               dim=0)
+  np.testing.assert_allclose(cent2[0], [0, .5, .5, 0, 0], atol=1e-7)
+  np.testing.assert_allclose(cent2[2], [1 / 3, 1 / 3, 0, 1 / 3, 0], atol=1e-7)
+  with pytest.raises(ValueError, match="window must be >= 1"):
+    label_order.sequence_label_centroids(values, offsets, 5, window=0)
+
+
 def test_label_permutation_orders():
   codec = LabelCodec((4, 5), 20)
   assert label_order.label_permutation("given", codec) is None

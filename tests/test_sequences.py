@@ -370,7 +370,7 @@ def sequence_config(root, head, **overrides):
 
 @pytest.mark.parametrize("head,overrides", [
     ("vanilla", {}), ("vanilla", {"head.tie_embeddings": True}), ("mhp", {}),
-    ("mhc", {}), ("mhs", {}),
+    ("mhc", {"head.label_order": "clustered"}), ("mhs", {}),
     # Two batch shards of 16 users, each compacted to 80 of its 96 rows.
     ("vanilla", {"data.train_rows": 160, "mesh.shape": (2, 4),
                  "mesh.rules": (("batch", "data"),) + tuple(

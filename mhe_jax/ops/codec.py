@@ -352,7 +352,10 @@ def _check_permutation(permutation, num_classes: int):
 def _lookup(x: jax.Array, table: np.ndarray, n: int) -> jax.Array:
   """``table[x]`` where ``0 <= x < n``, else -1 (int32)."""
   valid = (x >= 0) & (x < n)
-  out = jnp.asarray(table)[jnp.where(valid, x, 0)]
+  # The rows keep the indices' sharding (said explicitly: a gather from a
+  # constant table cannot always infer it on an Explicit mesh).
+  out = jnp.asarray(table).at[jnp.where(valid, x, 0)].get(
+      out_sharding=jax.typeof(x).sharding)
   return jnp.where(valid, out, -1).astype(jnp.int32)
 
 
