@@ -182,7 +182,7 @@ def head_inputs(config, data: registry.Dataset) -> dict[str, np.ndarray]:
 
   Returns ``labels`` (int ``[B, L]`` multi-label or ``[B]``; sequence data:
   ``[B * T]``, the positions flattened as :class:`mhe_jax.nn.models.Classifier`
-  does) and ``where`` (bool, same rows: the batch mask, and for sequences
+  does, compacted to ``data.train_rows`` rows when set) and ``where`` (bool, same rows: the batch mask, and for sequences
   the labelled positions).
   """
   from mhe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -192,6 +192,10 @@ def head_inputs(config, data: registry.Dataset) -> dict[str, np.ndarray]:
   if isinstance(data.train, pipeline.SequenceSource):  # [B, T] targets
     where = (labels >= 0) & where[:, None]
     labels, where = labels.reshape(-1), where.reshape(-1)
+    if 0 < config.data.train_rows < labels.shape[0]:
+      # The model's compaction (one device): labelled rows first, in order.
+      keep = np.argsort(~where, kind="stable")[:config.data.train_rows]
+      labels, where = labels[keep], where[keep]
   return {"labels": labels, "where": where}
 
 

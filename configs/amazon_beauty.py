@@ -47,6 +47,9 @@ def get_config(arg: str | None = None):
   config.name = f"amazon_beauty_{args.head}"
   config.data.name = "amazon_beauty"
   config.data.max_len = 50
+  # Labelled positions a batch scores: 128 users hold ~720 of their 6,400
+  # positions on average (1,080 the most in 20,000 random batches).
+  config.data.train_rows = 1280
   config.encoder.type = "sasrec"
   config.encoder.embed_dim = 64
   config.encoder.num_blocks = 2

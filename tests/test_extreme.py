@@ -94,7 +94,8 @@ def test_sequence_head_row(bench, tmp_path):
   assert row["kind"] == "mhe_jax" and row["head"] == "mhp"
   for key in bench.COLUMNS["amazon_beauty"]:
     assert 0.0 <= row[key] <= 1.0, key
-  assert row["classifier_rows"] == 128 * 20  # batch x runlocal max_len
+  # batch x runlocal max_len = 2560 positions, compacted to data.train_rows
+  assert row["classifier_rows"] == 1280
   # every user has 3..7 training targets, so most positions are padding
   assert 128 * 2 <= row["classifier_labelled_rows"] <= 128 * 7
   radices = LabelCodec.balanced(300, 2).radices
@@ -104,6 +105,17 @@ def test_sequence_head_row(bench, tmp_path):
   assert {"device_kind", "jax", "machine"} <= set(row["settings"])
   assert row["run"] == "r1" and row["steps"] == 20
   json.dumps(row)
+  # The measured head sees the rows the model's compaction keeps: every
+  # labelled position of the batch, in order, then padding.
+  config, _ = bench.load_config("amazon_beauty", "mhp", True, str(tmp_path))
+  data = bench._dataset(config)  # pylint: disable=protected-access
+  kept = bench.head_inputs(config, data)
+  config.data.train_rows = 0
+  full = bench.head_inputs(config, data)
+  n = int(full["where"].sum())
+  np.testing.assert_array_equal(kept["labels"][:n],
+                                full["labels"][full["where"]])
+  assert kept["where"][:n].all() and not kept["where"][n:].any()
 
 
 def _head(dataset, method, head, step, run="r1", **metrics):
