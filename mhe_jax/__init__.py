@@ -14,7 +14,8 @@ def load(path, **kwargs):
   """A trained model's predictor: see :func:`mhe_jax.inference.load`.
 
   ``mhe_jax.load(workdir).predict(features, k)`` -> ``(scores, labels)``.
-  (Imported on first use, so ``import mhe_jax`` stays light.)
+  Needs the ``train`` extra (``pip install "mhe_jax[train]"``); imported on
+  first use, so ``import mhe_jax`` needs only the core.
   """
   from mhe_jax import inference  # pylint: disable=g-import-not-at-top
   return inference.load(path, **kwargs)

@@ -49,7 +49,11 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
+
+from mhe_jax import _extras
+
+with _extras.requires("train"):
+  import orbax.checkpoint as ocp
 
 
 # Orbax's suffix of a step directory being written (renamed away when done).

@@ -20,9 +20,12 @@ import pathlib
 from typing import Any
 
 from absl import logging
-import ml_collections
 
+from mhe_jax import _extras
 from mhe_jax import sharding
+
+with _extras.requires("train"):
+  import ml_collections
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -60,10 +60,14 @@ from absl import logging
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import scipy.sparse as sp
+
+from mhe_jax import _extras
+
+with _extras.requires("train"):
+  import ml_collections
+  import orbax.checkpoint as ocp
 
 from mhe_jax import checkpointing
 from mhe_jax import config_lib

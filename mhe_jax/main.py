@@ -11,7 +11,11 @@ on stderr (no traceback) and exit code 1.
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
+
+from mhe_jax import _extras
+
+with _extras.requires("train"):
+  from ml_collections import config_flags
 
 from mhe_jax import distributed
 from mhe_jax import train

@@ -18,10 +18,14 @@ from typing import Any, Callable
 
 from flax import nnx
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import scipy.sparse as sp
+
+from mhe_jax import _extras
+
+with _extras.requires("train"):
+  import ml_collections
 
 from mhe_jax import label_order as label_order_lib
 from mhe_jax.data import formats

@@ -44,14 +44,18 @@ import time
 from typing import Any
 
 from absl import logging
-from clu import parameter_overview
 from flax import nnx
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
+
+from mhe_jax import _extras
+
+with _extras.requires("train"):
+  from clu import parameter_overview
+  import ml_collections
 
 from mhe_jax import checkpointing
 from mhe_jax import config_lib

@@ -44,7 +44,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from absl import logging
-import ml_collections
+
+from mhe_jax import _extras
+
+with _extras.requires("train"):
+  import ml_collections
 
 from mhe_jax import config_lib
 

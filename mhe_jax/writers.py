@@ -24,6 +24,8 @@ from typing import Mapping
 from absl import logging
 import jax
 
+from mhe_jax import _extras
+
 
 class MetricWriter:
   """Writes scalars to TensorBoard, metrics.jsonl and the log."""
@@ -35,7 +37,8 @@ class MetricWriter:
     if enabled:
       logdir = pathlib.Path(logdir)
       logdir.mkdir(parents=True, exist_ok=True)
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      with _extras.requires("train"):
+        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(str(logdir))
       self._jsonl = open(logdir / "metrics.jsonl", "a", encoding="utf-8")
 

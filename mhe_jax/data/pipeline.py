@@ -74,9 +74,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-import grain
 import numpy as np
 import scipy.sparse as sp
+
+from mhe_jax import _extras
+
+with _extras.requires("train"):
+  import grain
 
 from mhe_jax.data.corpus import Corpus
 from mhe_jax.data.formats import XMCData

@@ -61,8 +61,12 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import tensorflow_datasets as tfds
-from etils import epath
+
+from mhe_jax import _extras
+
+with _extras.requires("data"):
+  from etils import epath
+  import tensorflow_datasets as tfds
 
 from mhe_jax.data import corpus as corpus_lib
 from mhe_jax.data import formats
