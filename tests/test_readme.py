@@ -126,9 +126,9 @@ def test_links_stay_in_the_repository(page):
 
 def test_readme_commands_match_ci():
   text = (REPO_ROOT / "README.md").read_text()
-  assert ("python3 -m venv .venv && . .venv/bin/activate && pip install -e . "
-          "&& python -m mhe_jax.main --config=configs/default.py "
-          "--workdir=/tmp/mhe_default") in text
+  assert ("python3 -m venv .venv && . .venv/bin/activate && "
+          'pip install -e ".[train]" && python -m mhe_jax.main '
+          "--config=configs/default.py --workdir=/tmp/mhe_default") in text
   ci = (REPO_ROOT / ".ci" / "run").read_text()
   test_cmd = 'pip install -e ".[test]" && python -m pytest -q'
   assert test_cmd in text and test_cmd in ci
