@@ -73,9 +73,18 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value  # a bare string such as adamw
 
 
+def metric_keys(trials: list[dict]) -> tuple[str, ...]:
+  """The columns: P@1/3/5, or HR@10 / NDCG@10 for next-item trials."""
+  if any("HR@10" in t for t in trials):
+    return ("HR@10", "NDCG@10")
+  return ("P@1", "P@3", "P@5")
+
+
 def markdown(trials: list[dict]) -> str:
-  rows = ["| dataset | config | overrides | val P@1 | val P@3 | val P@5 | "
-          "train s |", "|---|---|---|---|---|---|---|"]
+  keys = metric_keys(trials)
+  rows = ["| dataset | config | overrides | " + " | ".join(
+      f"val {k}" for k in keys) + " | train s |",
+          "|---|---|---|" + "---|" * len(keys) + "---|"]
   for t in trials:
     sets = ", ".join(f"{k}={v}" for k, v in t["overrides"].items()
                      if k != "eval_every") or "-"
@@ -84,11 +93,11 @@ def markdown(trials: list[dict]) -> str:
       sets += (f"; + kNN k={b['k']}, sim^{b['power']}, w={b['weight']} (best "
                f"of {len(t['grid'])}; without kNN {100 * plain['P@1']:.1f} / "
                f"{100 * plain['P@5']:.1f})")
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+    pct = ((lambda v: "-" if v is None else f"{v:.4f}") if "HR@10" in keys
+           else (lambda v: "-" if v is None else f"{100 * v:.1f}"))
     secs = "-" if t["train_seconds"] is None else f"{t['train_seconds']:.0f}"
-    rows.append(f"| {t['dataset']} | {t['config']} | {sets} | "
-                f"{pct(t['P@1'])} | {pct(t['P@3'])} | {pct(t['P@5'])} | "
-                f"{secs} |")
+    rows.append(f"| {t['dataset']} | {t['config']} | {sets} | " + " | ".join(
+        pct(t.get(k)) for k in keys) + f" | {secs} |")
   return "\n".join(rows)
 
 
@@ -101,9 +110,12 @@ def append(log: pathlib.Path, trial: dict) -> None:
 
 
 def eval_curve(metrics_jsonl: pathlib.Path) -> list[list[float]]:
+  """``[step, P@1, P@5]`` (next-item data: ``[step, HR@10, NDCG@10]``)."""
   rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines()]
-  return [[r["step"], round(r["eval/P@1"], 4), round(r["eval/P@5"], 4)]
-          for r in rows if "eval/P@1" in r]
+  keys = (("eval/HR@10", "eval/NDCG@10") if any("eval/HR@10" in r for r in rows)
+          else ("eval/P@1", "eval/P@5"))
+  return [[r["step"]] + [round(r[k], 4) for k in keys]
+          for r in rows if keys[0] in r]
 
 
 def peer_trial() -> dict:
@@ -174,10 +186,14 @@ def main(argv):
                     for k, v in overrides.items()},
       "validation_fraction": _VALIDATION.value,
       "note": _NOTE.value,
-      "P@1": results["P@1"], "P@3": results["P@3"], "P@5": results["P@5"],
+      **{k: results[k] for k in ("P@1", "P@3", "P@5", "HR@1", "HR@5",
+                                 "HR@10", "NDCG@5", "NDCG@10",
+                                 "sampled/HR@10", "sampled/NDCG@10")
+         if k in results},
       "train_seconds": results["train_seconds"],
       "num_params": results["num_params"],
-      # With --set=eval_every=N: [step, P@1, P@5] on the validation rows.
+      # With --set=eval_every=N: [step, P@1, P@5] on the validation rows
+      # ([step, HR@10, NDCG@10] for next-item data).
       "curve": curve,
       **blend,
       "machine": f"{platform.node()} {platform.machine()}",

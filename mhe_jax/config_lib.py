@@ -86,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.encoder.input_dropout = 0.0  # sparse_mlp: drop input features (training).
   c.encoder.sublinear_tf = False  # sparse_mlp: values -> log(1 + v) first.
   c.encoder.activation = "relu"  # sparse_mlp MLP: relu | bilinear ((xW+b)*(xV+c)).
+  # sparse_mlp table start: 'normal' (N(0, 1/embed_dim)) or 'svd' (the top
+  # embed_dim right singular vectors of the weighted training rows: LSA).
+  c.encoder.embed_init = "normal"
   c.encoder.num_blocks = 2    # sasrec: pre-LayerNorm self-attention blocks.
   c.encoder.num_attention_heads = 1  # sasrec: heads per attention (divide embed_dim).
   c.encoder.ffn_dim = 0       # sasrec: feed-forward inner width; 0 -> embed_dim.

@@ -75,6 +75,9 @@ class Dataset:
       computed from the training data by the first :func:`unidec_label_features`
       that needs them and reused after, or given (``mhe_jax.load`` restores
       the ones the trainer saved).
+    svd_embedding: the ``sparse_mlp`` table's LSA start
+      (``encoder.embed_init='svd'``), computed from the training rows by the
+      first encoder that needs it and reused after.
   """
 
   train: Any
@@ -90,6 +93,7 @@ class Dataset:
   eval_split: str = "test"
   label_permutation: np.ndarray | None = None
   label_features: UniDECLabelFeatures | None = None
+  svd_embedding: np.ndarray | None = None
 
 
 def data_root(cfg: ml_collections.ConfigDict) -> pathlib.Path:
@@ -280,11 +284,24 @@ def _sparse_mlp(cfg, data: Dataset, rngs):
   if data.input_keys != ("feature_ids", "feature_values"):
     raise ValueError("encoder 'sparse_mlp' needs a bag-of-words dataset; "
                      f"this one gives {data.input_keys}")
+  idf = data.idf if cfg.tfidf else None
+  if cfg.embed_init not in ("normal", "svd"):
+    raise ValueError(f"config.encoder.embed_init must be 'normal' or 'svd', "
+                     f"got {cfg.embed_init!r}")
+  start = None
+  train_x = getattr(getattr(data.train, "data", None), "X", None)
+  # A loader's stand-in dataset has no training rows: the table is restored.
+  if cfg.embed_init == "svd" and train_x is not None:
+    if (data.svd_embedding is None
+        or data.svd_embedding.shape != (data.input_size, cfg.embed_dim)):
+      data.svd_embedding = encoders.SparseMLPEncoder.svd_embedding(
+          train_x, cfg.embed_dim, idf=idf, sublinear_tf=cfg.sublinear_tf)
+    start = data.svd_embedding
   return encoders.SparseMLPEncoder(
       data.input_size, cfg.embed_dim, tuple(cfg.hidden), dropout=cfg.dropout,
-      tfidf_idf=data.idf if cfg.tfidf else None,
-      input_dropout=cfg.input_dropout, sublinear_tf=cfg.sublinear_tf,
-      activation=cfg.activation, rngs=rngs)
+      tfidf_idf=idf, input_dropout=cfg.input_dropout,
+      sublinear_tf=cfg.sublinear_tf, activation=cfg.activation,
+      embedding_init=start, rngs=rngs)
 
 
 def _token_context(cfg, data: Dataset, rngs):

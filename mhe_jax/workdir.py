@@ -131,6 +131,7 @@ KEY_EFFECTS: dict[str, bool] = {
     "data.train_max_features": CHANGES_STATE,
     "encoder.sublinear_tf": CHANGES_STATE,
     "encoder.activation": CHANGES_STATE,
+    "encoder.embed_init": CHANGES_STATE,
     # The encoder: shapes and what its training step computes.
     "encoder.type": CHANGES_STATE,
     "encoder.embed_dim": CHANGES_STATE,

@@ -125,6 +125,44 @@ def test_bilinear_mlp_equals_numpy_and_starts_linear():
     SparseMLPEncoder(V, D, HIDDEN, activation="gelu", rngs=nnx.Rngs(1))
 
 
+def test_svd_embedding_spans_the_top_singular_subspace():
+  # 30 rows drawn from 3 word topics (disjoint blocks of the vocabulary) plus
+  # a few stray words: the weighted rows have 3 dominant singular values.
+  rng = np.random.default_rng(4)
+  dense = np.zeros((30, V))
+  for i in range(30):
+    topic = i % 3
+    dense[i, rng.choice(np.arange(topic * 10, topic * 10 + 10), 5,
+                        replace=False)] = rng.integers(1, 4, 5)
+    dense[i, rng.integers(30, V)] = 1
+  width = int((dense > 0).sum(1).max())
+  ids = np.full((30, width), -1, np.int32)
+  values = np.zeros((30, width), np.float32)
+  for i, row in enumerate(dense):
+    nz = np.flatnonzero(row)
+    ids[i, :nz.size], values[i, :nz.size] = nz, row[nz]
+  idf = np_idf(dense)
+  x = sp.csr_matrix(dense)
+  # numpy's exact SVD of the weighted, normalised rows.
+  w = np_bag(dense, np.eye(V), idf)
+  _, sv, vt = np.linalg.svd(w)
+  d = 3
+  assert sv[d - 1] > 1.3 * sv[d]  # a gap: the top-d subspace is well defined
+  start = SparseMLPEncoder.svd_embedding(x, d, idf=idf, power_iterations=8)
+  assert start.shape == (V, d)
+  np.testing.assert_allclose(start.T @ start, np.eye(d), atol=1e-5)
+  np.testing.assert_allclose(start @ start.T, vt[:d].T @ vt[:d], atol=1e-4)
+  # The encoder starts from it: the bag is each row's LSA coordinates.
+  enc = SparseMLPEncoder(V, d, (), tfidf_idf=idf, embedding_init=start,
+                         rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(bag(enc, ids, values), w @ start, rtol=1e-5,
+                             atol=1e-6)
+  with pytest.raises(ValueError, match=r"embedding_init must have shape"):
+    SparseMLPEncoder(V, d + 1, (), embedding_init=start, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"embed_dim=99 must be in"):
+    SparseMLPEncoder.svd_embedding(x, 99)
+
+
 def test_padding_ignored_and_gets_no_gradient():
   ids, values, _ = padded_batch(seed=2)
   enc = SparseMLPEncoder(V, D, HIDDEN, tfidf_idf=np.linspace(1, 2, V),

@@ -62,6 +62,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+import dataclasses
 
 from flax import nnx
 import jax
@@ -244,6 +245,8 @@ class SparseMLPEncoder(nnx.Module):
     sublinear_tf: damp the values to ``sign(v) log(1 + |v|)`` first.
     layer_norm: LayerNorm before each MLP ReLU.
     activation: the MLP's ``'relu'`` or ``'bilinear'`` (see :class:`MLP`).
+    embedding_init: optional float ``[V, D]`` start for the table instead of
+      the random one, e.g. :meth:`svd_embedding` of the training rows.
     dtype: computation and output dtype, e.g. ``jnp.bfloat16`` on GPU/TPU.
       Parameters stay float32; the weights (idf, normalisation) are computed
       in float32, the gathered embedding rows are cast to ``dtype`` and the
@@ -260,7 +263,8 @@ class SparseMLPEncoder(nnx.Module):
                tfidf_idf: ArrayLike | None = None, normalize: bool = True,
                layer_norm: bool = False, dtype: jnp.dtype = jnp.float32,
                input_dropout: float = 0.0, sublinear_tf: bool = False,
-               activation: str = "relu", rngs: nnx.Rngs):
+               activation: str = "relu",
+               embedding_init: ArrayLike | None = None, rngs: nnx.Rngs):
     if num_features < 1 or embed_dim < 1:
       raise ValueError(f"num_features and embed_dim must be >= 1, got "
                        f"{num_features}, {embed_dim}")
@@ -275,8 +279,15 @@ class SparseMLPEncoder(nnx.Module):
     init = _partitioned(
         nnx.initializers.normal(1.0 / np.sqrt(embed_dim)),
         ("vocab", "embed"))
-    self.embedding = nnx.Param(
-        init(rngs.params(), (num_features, embed_dim), jnp.float32))
+    table = init(rngs.params(), (num_features, embed_dim), jnp.float32)
+    if embedding_init is not None:
+      start = jnp.asarray(embedding_init, jnp.float32)
+      if start.shape != (num_features, embed_dim):
+        raise ValueError(f"embedding_init must have shape "
+                         f"{(num_features, embed_dim)}, got "
+                         f"{start.shape}")
+      table = dataclasses.replace(table, raw_value=start)  # same metadata
+    self.embedding = nnx.Param(table)
     if tfidf_idf is None:
       self.idf = None
     else:
@@ -314,6 +325,55 @@ class SparseMLPEncoder(nnx.Module):
     df_v = np.bincount(X_csr.indices, minlength=X_csr.shape[1])
     idf_v = np.log((1.0 + n) / (1.0 + df_v)) + 1.0
     return idf_v.astype(np.float32)
+
+  @staticmethod
+  def svd_embedding(X_csr: sp.spmatrix, embed_dim: int, *,
+                    idf: ArrayLike | None = None, normalize: bool = True,
+                    sublinear_tf: bool = False, seed: int = 0,
+                    power_iterations: int = 3) -> np.ndarray:
+    """An LSA start for the table: the weighted rows' top right singular vectors.
+
+    The training rows are weighted as :meth:`bag` weights them (steps 1-2:
+    ``sublinear_tf``, ``idf``, ``normalize``), and the ``embed_dim`` leading
+    right singular vectors of that ``[N, V]`` matrix become the columns of
+    the table, so the bag of a row starts as its coordinates in the rank-
+    ``embed_dim`` latent semantic subspace of the training set (Deerwester
+    et al. 1990). Computed by a randomized range finder with
+    ``power_iterations`` subspace iterations (Halko, Martinsson & Tropp
+    2011, Alg. 4.4), oversampled by 10 columns.
+
+    Args:
+      X_csr: ``[N, V]`` training features (scipy sparse).
+      embed_dim: ``D <= min(N, V)``.
+      idf, normalize, sublinear_tf: the encoder's weighting.
+      seed: seeds the random test matrix.
+      power_iterations: subspace iterations (more: closer to the exact SVD).
+
+    Returns:
+      float32 ``[V, D]`` with orthonormal columns, leading vector first.
+    """
+    x = sp.csr_matrix(X_csr, dtype=np.float64, copy=True)
+    n, v = x.shape
+    if not 1 <= embed_dim <= min(n, v):
+      raise ValueError(f"embed_dim={embed_dim} must be in [1, min(N, V) = "
+                       f"{min(n, v)}] for an SVD start")
+    if sublinear_tf:
+      x.data = np.sign(x.data) * np.log1p(np.abs(x.data))
+    if idf is not None:
+      x = x @ sp.diags(np.asarray(idf, np.float64))
+    if normalize:
+      norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1))).ravel()
+      x = sp.diags(np.where(norms > 0, 1.0 / np.maximum(norms, 1e-300),
+                            0.0)) @ x
+    x = sp.csr_matrix(x)
+    width = min(embed_dim + 10, n, v)
+    rng = np.random.default_rng(seed)
+    q = np.linalg.qr(x.T @ rng.standard_normal((n, width)))[0]
+    for _ in range(power_iterations):
+      q = np.linalg.qr(x @ q)[0]
+      q = np.linalg.qr(x.T @ q)[0]
+    _, _, vt = np.linalg.svd(x @ q, full_matrices=False)
+    return (q @ vt[:embed_dim].T).astype(np.float32)
 
   def bag(self, feature_ids: ArrayLike, feature_values: ArrayLike, *,
           train: bool = False) -> jax.Array:
