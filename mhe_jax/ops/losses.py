@@ -2,7 +2,8 @@
 
 Every function returns one loss per example (no reduction) and takes a
 keyword-only ``where`` mask; masked examples get loss 0, so a mean over valid
-examples is ``loss.sum() / where.sum()``. Integer labels use -1 for padding.
+examples is ``loss.sum() / where.sum()`` (:func:`masked_mean`). Integer labels
+use -1 for padding.
 
 Example::
 
@@ -27,6 +28,34 @@ def _apply_where(loss, where):
   if where is None:
     return loss
   return jnp.where(jnp.asarray(where, bool), loss, 0.)
+
+
+def masked_mean(values: ArrayLike, where: ArrayLike | None = None
+                ) -> jax.Array:
+  """Mean of per-example values over the examples ``where`` allows.
+
+  The one reduction of every head's loss: ``sum(values * where) /
+  max(sum(where), 1)``, so 0 when no example is allowed. Masked values are
+  selected away, not multiplied, so a masked ``inf`` or ``nan`` (e.g. the
+  loss of a padding row) neither reaches the mean nor its gradient.
+
+  Args:
+    values: float ``[B]`` per-example values (e.g. losses).
+    where: optional bool ``[B]``; None allows every example.
+
+  Returns:
+    float32 (or the values' wider float) scalar.
+  """
+  values = jnp.asarray(values)
+  values = values.astype(jnp.promote_types(values.dtype, jnp.float32))
+  if where is None:
+    where = jnp.ones(values.shape, bool)
+  where = jnp.asarray(where, bool)
+  if where.shape != values.shape:
+    raise ValueError(f"where must be bool {values.shape} like the values, "
+                     f"got shape {where.shape}")
+  total = jnp.where(where, values, 0.).sum()
+  return total / jnp.maximum(where.sum(), 1).astype(values.dtype)
 
 
 def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
