@@ -19,7 +19,7 @@ from mhe_jax import label_order
 from mhe_jax import registry
 from mhe_jax.nn.mhc import MHCHead
 from mhe_jax.nn.mhp import MHPHead
-from mhe_jax.nn.mhp import MHSHead
+from mhe_jax.nn.mhs import MHSHead
 from mhe_jax.ops import multilabel_digit_targets
 from mhe_jax.ops import product_log_probs
 from mhe_jax.ops import product_topk

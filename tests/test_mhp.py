@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from mhe_jax import LabelCodec
-from mhe_jax.nn.mhp import MHPHead, MHSHead
+from mhe_jax.nn.mhp import MHPHead
+from mhe_jax.nn.mhs import MHSHead
 from mhe_jax.ops import product_log_probs
 
 import learning

@@ -72,6 +72,17 @@ to ``beam * r_H`` less the codes ``>= C`` under the last prefix
 beam width at level ``h`` is ``min(beam, n_h)`` (``n_h`` valid prefixes), so
 no padding is needed, and nothing goes to the host.
 
+Outputs and scores (the heads' contract, :mod:`mhe_jax.nn.heads`).
+``head(x)`` is the level-1 logits ``[B, r_1]`` (the group scores), the head's
+raw outputs; the other levels' logits depend on the prefixes kept
+(:meth:`MHCHead.child_logits`). :meth:`MHCHead.topk` scores are
+``score(y)`` above: log-probabilities (the sum of the levels'
+``log_softmax``, or ``log_sigmoid`` under ``'bce'``), equal to
+:meth:`MHCHead.log_probs` of the returned labels. With
+``dtype=jnp.bfloat16`` the matmuls and einsums of every level run in
+bfloat16 and the logits, per-level log-softmaxes, beam scores and losses are
+float32.
+
 Example::
 
   codec = LabelCodec.balanced(100_000, 2)
@@ -83,11 +94,15 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from mhe_jax.nn import head_utils
 from mhe_jax.ops import cascade
+from mhe_jax.ops import losses
 from mhe_jax.ops.codec import LabelCodec
 
 ArrayLike = jax.typing.ArrayLike
@@ -127,12 +142,18 @@ class MHCHead(nnx.Module):
     max_k: the largest ``k`` :meth:`topk` accepts (see
       :func:`mhe_jax.ops.cascade.max_topk`); ``C`` when ``beam >= n_{H-1}``,
       at least ``(beam - 1) * r_H + 1`` otherwise.
+    dtype: the matmuls' input dtype, None: the features' and parameters'.
   """
 
   def __init__(self, in_features: int, codec: LabelCodec, *, beam: int,
                hidden: int, multilabel: bool = False,
                multilabel_loss: str = "bce",
-               child_embedding: str = "gated", rngs: nnx.Rngs):
+               child_embedding: str = "gated",
+               dtype: Any = None, param_dtype: Any = jnp.float32,
+               kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
+               bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
+               embedding_init: nnx.Initializer | None = None,
+               rngs: nnx.Rngs):
     """Builds the head.
 
     Args:
@@ -147,6 +168,18 @@ class MHCHead(nnx.Module):
       child_embedding: ``'gated'`` (prefix embedding gating a shared output
         layer) or ``'table'`` (a vector and bias per child code), see the
         module docstring.
+      dtype: matmul and einsum input dtype (e.g. ``jnp.bfloat16``); None:
+        the promoted dtype of the features and parameters. Logits are
+        accumulated, and log-softmaxes, beam scores and losses computed, in
+        float32.
+      param_dtype: dtype of every parameter.
+      kernel_init: initializer of the linear layers' kernels (level 1, the
+        projections ``P_h`` and the gated output layers ``W_h``).
+      bias_init: initializer of the linear layers' biases and of the
+        table's per-child biases ``c_h``.
+      embedding_init: initializer of the prefix embeddings ``e_h`` (gated)
+        or the child vectors ``t_h`` (table); None: ``normal(1)`` for
+        ``e_h``, ``normal(1 / sqrt(hidden))`` for ``t_h``.
       rngs: initialisation keys.
     """
     if multilabel_loss not in ("bce", "softmax"):
@@ -172,34 +205,44 @@ class MHCHead(nnx.Module):
     # Sigmoid scores per child (the BCE model), else the softmax chain.
     self.sigmoid = self.multilabel and multilabel_loss == "bce"
     self.child_embedding = child_embedding
+    self.dtype = dtype
     self.max_k = cascade.max_topk(codec, self.beam)
     counts = cascade.valid_prefix_counts(codec)
-    self.first = nnx.Linear(in_features, codec.radices[0], rngs=rngs)
+    linear = lambda i, o: nnx.Linear(  # pylint: disable=g-long-lambda
+        i, o, param_dtype=param_dtype, kernel_init=kernel_init,
+        bias_init=bias_init, rngs=rngs)
+    self.first = linear(in_features, codec.radices[0])
     # Level h = 2 .. H lives at index h - 2.
-    self.proj = nnx.List([
-        nnx.Linear(in_features, self.hidden, rngs=rngs)
-        for _ in codec.radices[1:]])
+    self.proj = nnx.List([linear(in_features, self.hidden)
+                          for _ in codec.radices[1:]])
     if child_embedding == "gated":
+      init = (nnx.initializers.normal(1.0) if embedding_init is None
+              else embedding_init)
       self.prefix_embed = nnx.List([
-          nnx.Embed(n, self.hidden,
-                    embedding_init=nnx.initializers.normal(1.0), rngs=rngs)
+          nnx.Embed(n, self.hidden, param_dtype=param_dtype,
+                    embedding_init=init, rngs=rngs)
           for n in counts[:-1]])
-      self.out = nnx.List([
-          nnx.Linear(self.hidden, r, rngs=rngs) for r in codec.radices[1:]])
+      self.out = nnx.List([linear(self.hidden, r) for r in codec.radices[1:]])
     else:
       # Rows: every child code of a valid prefix, n_{h-1} * r_h (the codes
       # >= n_h among them are masked by the scoring rule, never trained).
-      init = nnx.initializers.normal(1.0 / self.hidden ** 0.5)
+      init = (nnx.initializers.normal(1.0 / self.hidden ** 0.5)
+              if embedding_init is None else embedding_init)
       self.child_table = nnx.List([
-          nnx.Param(init(rngs.params(), (n * r, self.hidden), jnp.float32))
+          nnx.Param(init(rngs.params(), (n * r, self.hidden), param_dtype))
           for n, r in zip(counts[:-1], codec.radices[1:])])
       self.child_bias = nnx.List([
-          nnx.Param(jnp.zeros((n * r,), jnp.float32))
+          nnx.Param(bias_init(rngs.params(), (n * r,), param_dtype))
           for n, r in zip(counts[:-1], codec.radices[1:])])
 
+  def _linear(self, layer: nnx.Linear, x: ArrayLike) -> jax.Array:
+    """``layer(x)`` under the head's dtype, accumulated in float32."""
+    return head_utils.dense(x, layer.kernel[...], layer.bias[...], self.dtype)
+
   def __call__(self, x_bd: ArrayLike) -> jax.Array:
-    """Level-1 logits ``[B, r_1]`` (the group scores); see :meth:`topk`."""
-    return self.first(jnp.asarray(x_bd))
+    """Level-1 logits, float32 ``[B, r_1]`` (the group scores); the head's
+    raw outputs (see :meth:`topk` for the label scores)."""
+    return self._linear(self.first, x_bd)
 
   def child_logits(self, x_bd: ArrayLike, level: int,
                    prefixes: ArrayLike) -> jax.Array:
@@ -220,20 +263,33 @@ class MHCHead(nnx.Module):
       raise ValueError(
           f"level must be in [2, {self.codec.num_heads}], got {level}")
     i = level - 2
-    u_bk = self.proj[i](jnp.asarray(x_bd))
+    u_bk = self._linear(self.proj[i], x_bd)
     if self.child_embedding == "table":
       r = self.codec.radices[level - 1]
       codes_bwr = (jnp.asarray(prefixes, jnp.int32)[..., None] * r +
                    jnp.arange(r, dtype=jnp.int32))
       rows_bwrk = _lookup(self.child_table[i][...], codes_bwr)
-      logits_bwr = jnp.einsum("bk,bwrk->bwr", u_bk, rows_bwrk)
-      return (logits_bwr + _lookup(self.child_bias[i][...], codes_bwr)
-              ).astype(jnp.float32)
+      acc = head_utils.accumulation_dtype(u_bk, rows_bwrk)
+      u_bk, rows_bwrk = self._compute(u_bk, rows_bwrk)
+      logits_bwr = jnp.einsum("bk,bwrk->bwr", u_bk, rows_bwrk,
+                              preferred_element_type=acc)
+      bias_bwr = _lookup(self.child_bias[i][...], codes_bwr)
+      return (logits_bwr + bias_bwr.astype(acc)).astype(jnp.float32)
     emb_bwk = _lookup(self.prefix_embed[i].embedding[...],
                       jnp.asarray(prefixes, jnp.int32))
     out = self.out[i]
-    logits_bwr = jnp.einsum("bk,bwk,kr->bwr", u_bk, emb_bwk, out.kernel[...])
-    return (logits_bwr + out.bias[...]).astype(jnp.float32)
+    kernel_kr = out.kernel[...]
+    acc = head_utils.accumulation_dtype(u_bk, emb_bwk, kernel_kr)
+    u_bk, emb_bwk, kernel_kr = self._compute(u_bk, emb_bwk, kernel_kr)
+    logits_bwr = jnp.einsum("bk,bwk,kr->bwr", u_bk, emb_bwk, kernel_kr,
+                            preferred_element_type=acc)
+    return (logits_bwr + out.bias[...].astype(acc)).astype(jnp.float32)
+
+  def _compute(self, *arrays: jax.Array) -> tuple[jax.Array, ...]:
+    """The arrays in the head's compute dtype (unchanged when None)."""
+    if self.dtype is None:
+      return arrays
+    return tuple(a.astype(self.dtype) for a in arrays)
 
   def log_probs(self, x_bd: ArrayLike, labels: ArrayLike) -> jax.Array:
     """``score(y) = sum_h log p_h(d_h | prefix)`` of given labels.
@@ -294,54 +350,74 @@ class MHCHead(nnx.Module):
         self.beam, multilabel=self.sigmoid,
         forced_labels=None if labels is None else self.codec.to_codes(labels))
 
-  def loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
-           rng: jax.Array | None = None,
-           where: ArrayLike | None = None) -> jax.Array:
-    """Mean training loss over the valid examples.
+  def _labels(self, x_bd: ArrayLike, labels: ArrayLike
+              ) -> tuple[jax.Array, jax.Array]:
+    """Checked labels (``[B]``, or ``[B, L]`` with labels ``>= C`` as -1)
+    and the examples the mean loss counts by their labels."""
+    labels = head_utils.check_labels(labels, self.codec, jnp.shape(x_bd)[0],
+                                     self.multilabel)
+    if self.multilabel:
+      labels = jnp.where(labels < self.num_classes, labels, -1)
+      return labels, (labels >= 0).any(-1)
+    return labels, head_utils.labelled(labels, self.num_classes, False)
+
+  def _per_example(self, x_bd: ArrayLike, labels: jax.Array,
+                   labelled_b: jax.Array) -> jax.Array:
+    x_bd = jnp.asarray(x_bd)
+    if not self.multilabel:
+      loss_b = -self.log_probs(x_bd, labels)
+    elif self.sigmoid:
+      loss_b = self._multilabel_loss(x_bd, labels)
+    else:
+      loss_b = self._label_set_softmax_loss(x_bd, labels)
+    return jnp.where(labelled_b, loss_b, 0.)
+
+  def per_example_loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
+                       rng: jax.Array | None = None) -> jax.Array:
+    """The loss of each example, float32 ``[B]``.
 
     Args:
       x_bd: features ``[B, D]``.
       labels: int ``[B]`` (single-label) or ``[B, L]`` -1 padded
-        (multi-label; ``[B]`` is read as ``L = 1``). An example is valid if
-        ``where`` allows it and it has a label; others add nothing.
+        (multi-label; ``[B]`` is read as ``L = 1``).
+      rng: unused (the loss is deterministic); accepted for the shared head
+        interface.
+
+    Returns:
+      Single-label: ``-score(y)`` (CE per level along the true path);
+      multi-label: the sum of the levels' BCEs over the teacher-forced beam
+      (``'bce'``) or the label-set cross-entropy (``'softmax'``). 0 for an
+      example without a label (multi-label: a row without labels).
+    """
+    del rng
+    labels, labelled_b = self._labels(x_bd, labels)
+    return self._per_example(x_bd, labels, labelled_b)
+
+  def loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
+           rng: jax.Array | None = None,
+           where: ArrayLike | None = None) -> jax.Array:
+    """Mean of :meth:`per_example_loss` over the counted examples.
+
+    Args:
+      x_bd: features ``[B, D]``.
+      labels: int ``[B]`` (single-label) or ``[B, L]`` -1 padded
+        (multi-label; ``[B]`` is read as ``L = 1``). An example counts if
+        ``where`` allows it and it has a label (multi-label too: unlike the
+        other heads, a row without labels does not count); others add
+        nothing.
       rng: unused (the loss is deterministic); accepted for the shared head
         interface.
       where: optional bool ``[B]``.
 
     Returns:
-      float32 scalar: single-label, the mean of ``-score(y)`` (CE per level
-      along the true path); multi-label, the mean per-example sum of the
-      levels' BCEs over the teacher-forced beam. 0 if no example is valid.
+      float32 scalar, ``masked_mean(per_example_loss, where & labelled)``:
+      single-label, the mean of ``-score(y)``; multi-label, the mean
+      per-example loss over the teacher-forced beam. 0 if no example counts.
     """
     del rng
-    self.codec.validate_labels(labels)
-    labels = jnp.asarray(labels)
-    x_bd = jnp.asarray(x_bd)
-    if labels.shape[:1] != x_bd.shape[:1]:
-      raise ValueError(
-          f"labels have shape {labels.shape}, features {x_bd.shape}: the "
-          "batch sizes differ")
-    if self.multilabel:
-      if labels.ndim == 1:
-        labels = labels[:, None]
-      if labels.ndim != 2:
-        raise ValueError(
-            f"multi-label labels must be [B, L], -1 padded, got {labels.shape}")
-      labels = jnp.where(labels < self.num_classes, labels, -1)
-      valid_b = (labels >= 0).any(-1)
-      loss_b = (self._multilabel_loss(x_bd, labels) if self.sigmoid else
-                self._label_set_softmax_loss(x_bd, labels))
-    else:
-      if labels.ndim != 1:
-        raise ValueError(
-            f"single-label labels must be [B], got shape {labels.shape}; "
-            "use multilabel=True for [B, L] label sets")
-      valid_b = (labels >= 0) & (labels < self.num_classes)
-      loss_b = -self.log_probs(x_bd, labels)
-    if where is not None:
-      valid_b = valid_b & jnp.asarray(where, bool)
-    loss_b = jnp.where(valid_b, loss_b, 0.)
-    return loss_b.sum() / jnp.maximum(valid_b.sum(), 1).astype(jnp.float32)
+    labels, labelled_b = self._labels(x_bd, labels)
+    return losses.masked_mean(self._per_example(x_bd, labels, labelled_b),
+                              head_utils.example_mask(labelled_b, where))
 
   def _multilabel_loss(self, x_bd: jax.Array, labels_bl: jax.Array
                        ) -> jax.Array:
@@ -397,7 +473,8 @@ class MHCHead(nnx.Module):
 
     Returns:
       ``(scores [B, k] float32 descending, labels [B, k] int32)``, labels in
-      ``[0, C)``.
+      ``[0, C)``; the scores are ``score(y)``, log-probabilities equal to
+      :meth:`log_probs` of the labels.
     """
     x_bd = jnp.asarray(x_bd)
     scores_bk, codes_bk = cascade.cascade_topk(

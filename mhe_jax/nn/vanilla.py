@@ -37,6 +37,13 @@ construction (``mesh`` or the context mesh), the parameters get
 and never returned. On Explicit meshes, run the head under ``jax.jit`` inside
 ``jax.set_mesh(mesh)``, as JAX requires.
 
+Outputs and scores (the heads' contract, :mod:`mhe_jax.nn.heads`):
+``head(x)`` is the logits ``[B, C]``, the head's raw outputs;
+:meth:`VanillaHead.topk` scores are those logits, not log-probabilities
+(normalising them would cost a second pass over the ``C`` classes; the
+order is the same). With ``dtype=jnp.bfloat16`` the matmuls run in bfloat16
+and the logits, log-sum-exps and losses are float32.
+
 Example::
 
   head = VanillaHead(512, 100_000, rngs=nnx.Rngs(0))
@@ -61,7 +68,9 @@ import jax.numpy as jnp
 from jax.sharding import AbstractMesh, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mhe_jax.nn import head_utils
 from mhe_jax.ops import chunked
+from mhe_jax.ops import losses
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -78,6 +87,7 @@ class VanillaHead(nnx.Module):
       the class-axis size (``C`` when not sharded or divisible).
     multilabel: label sets instead of one label per example.
     multilabel_loss: ``'bce'`` or ``'softmax'``, the loss on label sets.
+    dtype: the matmuls' input dtype, None: the features' and parameters'.
     kernel: ``nnx.Param [in_features, padded_classes]``.
     bias: ``nnx.Param [padded_classes]``.
   """
@@ -118,12 +128,13 @@ class VanillaHead(nnx.Module):
       class_axis: the mesh axis the classes are split over.
       batch_axes: the mesh axes the batch is split over; None: inferred from
         the features' Explicit sharding.
-      dtype: matmul input dtype (e.g. ``jnp.bfloat16``); None: the inputs'.
-        Softmax, sigmoid and accumulation are float32.
+      dtype: matmul input dtype (e.g. ``jnp.bfloat16``); None: the promoted
+        dtype of the features and parameters. Logits are accumulated, and
+        log-sum-exps, sigmoids and losses computed, in float32.
       param_dtype: dtype of the kernel and bias.
       kernel_init: initializer of the kernel (as ``nnx.Linear``).
       bias_init: initializer of the bias.
-      rngs: ``rngs.params()`` draws the kernel.
+      rngs: ``rngs.params()`` draws the kernel and the bias.
     """
     if int(num_classes) != num_classes or num_classes < 2:
       raise ValueError(
@@ -186,13 +197,8 @@ class VanillaHead(nnx.Module):
     Returns:
       float32 (or the inputs' wider float) ``[B, num_classes]``.
     """
-    x_bd = jnp.asarray(x_bd)
-    kernel_dc, bias_c = self.kernel[...], self.bias[...]
-    acc = jnp.promote_types(jnp.result_type(x_bd, kernel_dc), jnp.float32)
-    if self.dtype is not None:
-      x_bd, kernel_dc = x_bd.astype(self.dtype), kernel_dc.astype(self.dtype)
-    logits_bc = jnp.dot(x_bd, kernel_dc, preferred_element_type=acc)
-    logits_bc = logits_bc + bias_c.astype(acc)
+    logits_bc = head_utils.dense(x_bd, self.kernel[...], self.bias[...],
+                                 self.dtype)
     if self.padded_classes > self.num_classes:
       sharding = jax.typeof(logits_bc).sharding
       if (not sharding.mesh.empty and sharding.spec[1:2] != (None,) and
@@ -204,10 +210,50 @@ class VanillaHead(nnx.Module):
       logits_bc = logits_bc[:, :self.num_classes]
     return logits_bc
 
+  def _labels(self, labels: ArrayLike) -> jax.Array:
+    labels = jnp.asarray(labels)
+    if self.multilabel and labels.ndim != 2:
+      raise ValueError(
+          f"multilabel head: labels must be int [B, L], -1 padded; got "
+          f"shape {labels.shape}")
+    if not self.multilabel and labels.ndim != 1:
+      raise ValueError(
+          f"single-label head: labels must be int [B]; got shape "
+          f"{labels.shape} (pass multilabel=True for label sets)")
+    return labels
+
+  def _per_example(self, x_bd: ArrayLike, labels: jax.Array) -> jax.Array:
+    if not self.multilabel or self.multilabel_loss == "softmax":
+      loss_fn = chunked.chunked_softmax_cross_entropy
+    else:
+      loss_fn = chunked.chunked_sigmoid_binary_cross_entropy
+    # Single-label: 0 for a label outside [0, C) (no label).
+    return loss_fn(jnp.asarray(x_bd), self.kernel[...], self.bias[...],
+                   labels, **self._op_kwargs())
+
+  def per_example_loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
+                       rng: jax.Array | None = None) -> jax.Array:
+    """The loss of each example, float32 ``[B]``, in class chunks.
+
+    Args:
+      x_bd: features ``[B, in_features]``.
+      labels: single-label: int ``[B]`` in ``[0, C)``, -1 for an unlabelled
+        example; multi-label: int ``[B, L]`` label sets padded with -1.
+      rng: unused (the vanilla loss is deterministic); part of the head
+        interface.
+
+    Returns:
+      Softmax CE, 0 for an example without a label; multi-label: BCE summed
+      over the C classes, or the label-set softmax CE (0 for a row without
+      labels).
+    """
+    del rng
+    return self._per_example(x_bd, self._labels(labels))
+
   def loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
            rng: jax.Array | None = None,
            where: ArrayLike | None = None) -> jax.Array:
-    """Mean loss over the valid examples.
+    """Mean of :meth:`per_example_loss` over the counted examples.
 
     Args:
       x_bd: features ``[B, in_features]``.
@@ -219,37 +265,16 @@ class VanillaHead(nnx.Module):
       where: optional bool ``[B]``; False excludes an example.
 
     Returns:
-      float32 scalar: the sum of per-example losses (softmax CE; multi-label:
-      BCE summed over the C classes or the label-set softmax CE) over valid
-      examples, divided by their number (0 when there is none; a valid
-      example without labels counts).
+      float32 scalar, ``masked_mean(per_example_loss, where & labelled)``:
+      the sum of per-example losses over the counted examples divided by
+      their number (0 when there is none; a multi-label row without labels
+      counts).
     """
     del rng
-    x_bd = jnp.asarray(x_bd)
-    labels = jnp.asarray(labels)
-    valid_b = (jnp.ones(labels.shape[:1], bool) if where is None else
-               jnp.asarray(where, bool))
-    if self.multilabel:
-      if labels.ndim != 2:
-        raise ValueError(
-            f"multilabel head: labels must be int [B, L], -1 padded; got "
-            f"shape {labels.shape}")
-      loss_fn = (chunked.chunked_sigmoid_binary_cross_entropy
-                 if self.multilabel_loss == "bce" else
-                 chunked.chunked_softmax_cross_entropy)
-      loss_b = loss_fn(x_bd, self.kernel[...], self.bias[...], labels,
-                       where=valid_b, **self._op_kwargs())
-    else:
-      if labels.ndim != 1:
-        raise ValueError(
-            f"single-label head: labels must be int [B]; got shape "
-            f"{labels.shape} (pass multilabel=True for label sets)")
-      loss_b = chunked.chunked_softmax_cross_entropy(
-          x_bd, self.kernel[...], self.bias[...], labels, where=valid_b,
-          **self._op_kwargs())
-      valid_b = valid_b & (labels >= 0) & (labels < self.num_classes)
-    count = valid_b.sum().astype(loss_b.dtype)
-    return loss_b.sum() / jnp.maximum(count, 1.)
+    labels = self._labels(labels)
+    counted_b = head_utils.example_mask(
+        head_utils.labelled(labels, self.num_classes, self.multilabel), where)
+    return losses.masked_mean(self._per_example(x_bd, labels), counted_b)
 
   def topk(self, x_bd: ArrayLike, k: int) -> tuple[jax.Array, jax.Array]:
     """The k highest-scoring classes, streamed over class chunks.
@@ -259,7 +284,8 @@ class VanillaHead(nnx.Module):
       k: static int in ``[1, num_classes]``.
 
     Returns:
-      ``(scores [B, k] float32, labels [B, k] int32)``: logits descending;
+      ``(scores [B, k] float32, labels [B, k] int32)``: the logits
+      (unnormalised, unlike the other heads' log-probabilities) descending;
       equal logits are ordered smaller label first (as ``jax.lax.top_k``).
     """
     return chunked.chunked_top_k(x_bd, self.kernel[...], self.bias[...], k,

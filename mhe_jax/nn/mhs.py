@@ -1,0 +1,346 @@
+"""Multi-Head Sampling (MHS) head, Flax NNX (Liang et al., TPAMI 2024, Sec. 3.4).
+
+A :class:`~mhe_jax.ops.LabelCodec` writes a label ``y < C`` as digits
+``(d_1, ..., d_H)`` (Sec. 3.1). :class:`MHSHead` keeps the full ``C``-way
+classifier but trains it on a sample of label groups (the first digit),
+cutting the training compute, not the parameters; evaluation uses the full
+classifier.
+
+It follows the heads' contract (:mod:`mhe_jax.nn.heads`)::
+
+  head(x_bd)                      # full-classifier logits [B, C]
+  head.per_example_loss(x_bd, labels, *, rng=None)   # float32 [B]
+  head.loss(x_bd, labels, *, rng=None, where=None)   # float32 scalar
+  head.topk(x_bd, k)              # (scores [B, k] f32, labels [B, k] int32)
+
+with ``labels`` int ``[B]`` (single-label, -1 = no label) or ``[B, L]``
+(multi-label, -1 padded).
+
+The kernel ``[d, padded C]`` and bias carry the logical axis names
+``('embed', 'classes')`` and ``('classes',)`` (``nnx.with_partitioning``),
+created unsharded (``eager_sharding=False``), so the head builds without a
+mesh; a trainer reads the names with ``nnx.get_partition_spec`` and places
+the state itself (the sharded axis must divide the kernel's columns: pick
+the codec so that it does). The head runs under ``jit`` on Auto and Explicit
+meshes with the batch on one mesh axis and the classes on another: training
+gathers only the sampled columns, replicated over the class axis; the
+full-classifier logits of evaluation are gathered over it before slicing and
+top-k.
+
+Example::
+
+  from flax import nnx
+  from mhe_jax import LabelCodec
+  from mhe_jax.nn.mhs import MHSHead
+
+  codec = LabelCodec.balanced(1_000_000, 2)            # radices (1000, 1000)
+  mhs = MHSHead(512, codec, num_sampled_groups=64, rngs=nnx.Rngs(0))
+  loss = mhs.loss(x_bd, y_b, rng=jax.random.key(1))    # B <= 64: 64 groups
+                                                       # of 1000 classes
+  scores_bk, labels_bk = mhs.topk(x_bd, 5)             # full classifier
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from mhe_jax.nn import head_utils
+from mhe_jax.ops import losses
+from mhe_jax.ops.codec import LabelCodec
+from mhe_jax.ops.sampling import sample_groups
+
+ArrayLike = jax.typing.ArrayLike
+
+
+class MHSHead(nnx.Module):
+  """Multi-Head Sampling: a full classifier trained on sampled groups (Sec. 3.4).
+
+  The classifier ``kernel [d, P]`` (+ ``bias [P]``) holds one column per
+  class in code order (label order unless the codec carries a permutation;
+  ``head(x)`` and :meth:`topk` speak labels either way). With ``s = codec.strides[0]`` (the product of all
+  radices but the first), class ``y`` is position ``y % s`` of group
+  ``y // s`` (its first digit; the remaining digits combined are the
+  position). There are ``G = ceil(C / s)`` non-empty groups (``<= r_1``) and
+  ``P = G * s`` columns; the at most ``s - 1`` columns ``>= C`` of the last
+  group are padding, masked to ``-inf`` everywhere and never trained.
+
+  Training (:meth:`loss` with an ``rng``, :meth:`sampled_logits`). One
+  sample of groups is shared by the whole batch: every group holding a label
+  of the batch, then uniformly random other groups
+  (:func:`mhe_jax.ops.sampling.sample_groups`), deterministic given the rng
+  and computed on device. Logits are computed only for the sampled groups'
+  ``S * s`` classes, and the loss is a softmax CE over them at the true class
+  (single-label; classes of other groups are left out of the softmax, as in
+  the paper, without a sampling correction) or a sigmoid BCE over them
+  (multi-label).
+
+  Budget. The number of sampled groups is static:
+  ``S = min(G, max(num_sampled_groups, N))`` where ``N`` is the number of
+  label slots of the batch (``B`` single-label, ``B * L`` multi-label). So
+  ``num_sampled_groups`` is the sample size whenever it can hold every label
+  of the batch in distinct groups; true groups always win, the random fill is
+  what shrinks when the batch's labels span many groups, and a budget below
+  ``N`` is raised to ``N`` (a batch could need that many) rather than ever
+  dropping a ground truth. Per example this costs ``S * s`` logits instead
+  of ``C``; :meth:`num_sampled` gives ``S`` for a label shape.
+
+  Evaluation (``head(x)``, :meth:`topk`, :meth:`loss` without rng) uses the
+  full classifier over the ``C`` valid classes.
+
+  Outputs and scores (the heads' contract, :mod:`mhe_jax.nn.heads`):
+  ``head(x)`` is the full classifier's logits, float32 ``[B, C]`` in label
+  order, the head's raw outputs; :meth:`topk` scores are log-probabilities
+  of them (``log_softmax`` over the ``C`` classes, or ``log_sigmoid`` per
+  class for a multi-label head). With ``dtype=jnp.bfloat16`` the matmuls
+  (full and sampled) run in bfloat16 and the logits, log-sum-exps and losses
+  are float32.
+
+  Attributes:
+    codec: the label codec.
+    num_classes: C.
+    num_groups: G.
+    group_size: s.
+    num_sampled_groups: the sampling budget.
+    multilabel: whether labels are ``[B, L]`` label sets.
+    dtype: the matmuls' input dtype, None: the features' and parameters'.
+    kernel: ``[d, P]`` Param, logical axes ``('embed', 'classes')``.
+    bias: ``[P]`` Param, logical axes ``('classes',)``.
+  """
+
+  def __init__(self, in_features: int, codec: LabelCodec,
+               num_sampled_groups: int, *, multilabel: bool = False,
+               label_bias: ArrayLike | None = None,
+               dtype: Any = None, param_dtype: Any = jnp.float32,
+               kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
+               bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
+               rngs: nnx.Rngs):
+    """Builds the head.
+
+    Args:
+      in_features: d, the feature size.
+      codec: the label codec; groups are its first digit. Two heads
+        (``LabelCodec.balanced(C, 2)``, about ``sqrt(C)`` groups of
+        ``sqrt(C)`` classes) is the usual choice; any codec works.
+      num_sampled_groups: the sampling budget, ``>= 1``; see the class
+        docstring for how it meets the batch.
+      multilabel: labels are ``[B, L]`` sets (-1 padded) and the loss is
+        BCE instead of softmax CE.
+      label_bias: optional float ``[C]`` initial bias per label (in label
+        order; e.g. ``mhe_jax.registry.prior_bias``); it replaces
+        ``bias_init``.
+      dtype: matmul input dtype (e.g. ``jnp.bfloat16``); None: the promoted
+        dtype of the features and parameters. Logits are accumulated, and
+        log-sum-exps and losses computed, in float32.
+      param_dtype: dtype of the kernel and bias.
+      kernel_init: initializer of the kernel ``[d, P]`` (columns in code
+        order).
+      bias_init: initializer of the per-label bias, called with shape
+        ``(C,)`` in label order (as ``VanillaHead``'s); the padding columns
+        start at 0.
+      rngs: ``rngs.params()`` draws the kernel and the bias.
+    """
+    if not isinstance(codec, LabelCodec):
+      raise TypeError(f"codec must be a LabelCodec, got {type(codec).__name__}")
+    if int(num_sampled_groups) != num_sampled_groups or num_sampled_groups < 1:
+      raise ValueError(
+          f"num_sampled_groups must be an integer >= 1, got "
+          f"{num_sampled_groups!r}")
+    self.codec = codec
+    self.num_classes = codec.num_classes
+    self.in_features = int(in_features)
+    self.multilabel = bool(multilabel)
+    self.group_size = codec.strides[0]
+    self.num_groups = math.ceil(codec.num_classes / self.group_size)
+    self.num_sampled_groups = int(num_sampled_groups)
+    self.dtype = dtype
+    padded = self.num_groups * self.group_size
+    self.kernel = head_utils.param(kernel_init, rngs,
+                                   (self.in_features, padded),
+                                   ("embed", "classes"), param_dtype)
+    if label_bias is not None:
+      label_bias = np.asarray(label_bias, np.float32)
+      if label_bias.shape != (codec.num_classes,):
+        raise ValueError(f"label_bias must have shape ({codec.num_classes},), "
+                         f"got {label_bias.shape}")
+      bias_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(
+          label_bias, dtype)
+    codes = (np.asarray(codec.permutation) if codec.permuted
+             else np.arange(codec.num_classes))
+
+    def bias_by_code(key, shape, dtype=jnp.float32):
+      """The per-label bias placed at its code's column, 0 on padding."""
+      bias_c = bias_init(key, (codec.num_classes,), dtype)
+      return jnp.zeros(shape, dtype).at[codes].set(bias_c)
+
+    self.bias = head_utils.param(bias_by_code, rngs, (padded,), ("classes",),
+                                 param_dtype)
+
+  def num_sampled(self, labels_shape: tuple[int, ...]) -> int:
+    """S, the static number of groups sampled for labels of this shape."""
+    slots = math.prod(labels_shape)
+    return min(self.num_groups, max(self.num_sampled_groups, slots))
+
+  def __call__(self, x_bd: ArrayLike) -> jax.Array:
+    """Full-classifier logits, float32 ``[B, C]`` in label order."""
+    logits_bp = head_utils.dense(x_bd, self.kernel[...], self.bias[...],
+                                 self.dtype)
+    logits_bc = head_utils.replicate_last_axis(logits_bp)[:, :self.num_classes]
+    if self.codec.permuted:  # columns are codes; return them in label order
+      logits_bc = logits_bc[:, self.codec.permutation]
+    return logits_bc
+
+  def _sampled(self, x_bd, labels, rng):
+    """Unmasked sampled logits ``[B, S*s]``, valid mask, ids, targets."""
+    s = self.group_size
+    labels = self.codec.to_codes(labels)  # columns and groups are codes
+    groups = jnp.where(labels >= 0, labels // s, -1)
+    num = self.num_sampled(labels.shape)
+    group_ids_t, slots = sample_groups(groups, self.num_groups, num, rng)
+    # Column n = t * s + p of the sample is class group_ids[t] * s + p.
+    codes_n = (group_ids_t[:, None] * s +
+               jnp.arange(s, dtype=jnp.int32)).reshape(-1)
+    kernel_dp, bias_p = self.kernel[...], self.bias[...]
+    # Gather only the sampled columns; on Explicit meshes they are replicated
+    # over the class axis (the embed axis keeps its sharding).
+    sharding = jax.typeof(kernel_dp).sharding
+    spec = tuple(getattr(sharding, "spec", ()) or ())
+    out_dn = out_n = None
+    if any(axis is not None for axis in spec):
+      embed_axis = spec[0] if spec else None
+      out_dn = jax.sharding.NamedSharding(sharding.mesh, P(embed_axis, None))
+      out_n = jax.sharding.NamedSharding(sharding.mesh, P(None))
+    w_dn = kernel_dp.at[:, codes_n].get(out_sharding=out_dn)
+    b_n = bias_p.at[codes_n].get(out_sharding=out_n)
+    logits_bn = head_utils.dense(x_bd, w_dn, b_n, self.dtype)
+    valid_n = codes_n < self.num_classes
+    targets = jnp.where(labels >= 0, slots * s + labels % s, -1)
+    return logits_bn, valid_n, group_ids_t, targets.astype(jnp.int32)
+
+  def sampled_logits(self, x_bd: ArrayLike, labels: ArrayLike,
+                     rng: jax.Array
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training logits over the sampled groups' classes.
+
+    Args:
+      x_bd: features ``[B, d]``.
+      labels: int ``[B]`` or ``[B, L]`` (multi-label head), -1 padded.
+      rng: PRNG key of the group sample.
+
+    Returns:
+      ``(logits [B, S * s] float32, group_ids [S] int32, targets)``: column
+      ``t * s + p`` is class ``group_ids[t] * s + p`` of the full classifier,
+      ``-inf`` where that code is ``>= C``; ``targets`` (int32, shaped like
+      ``labels``) is each label's column, -1 for padding.
+    """
+    labels = head_utils.check_labels(labels, self.codec, jnp.shape(x_bd)[0],
+                                     self.multilabel)
+    logits_bn, valid_n, group_ids_s, targets = self._sampled(x_bd, labels, rng)
+    return jnp.where(valid_n, logits_bn, -jnp.inf), group_ids_s, targets
+
+  def _per_example(self, x_bd: ArrayLike, labels: jax.Array,
+                   rng: jax.Array | None) -> jax.Array:
+    """Unreduced loss ``[B]`` of checked labels; full classifier if no rng."""
+    if rng is None:
+      logits_bn = self(x_bd)
+      valid_n = jnp.ones(logits_bn.shape[-1:], bool)
+      targets = labels
+    else:
+      logits_bn, valid_n, _, targets = self._sampled(x_bd, labels, rng)
+    logits_bn = logits_bn.astype(jnp.float32)
+    if not self.multilabel:
+      loss_b = losses.softmax_cross_entropy(
+          jnp.where(valid_n, logits_bn, -jnp.inf), targets)
+      return jnp.where(
+          head_utils.labelled(labels, self.num_classes, False), loss_b, 0.)
+    b, n = logits_bn.shape
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None], targets.shape)
+    # The multi-hot is sharded like the labels' batch axis (Explicit meshes).
+    sharding = jax.typeof(targets).sharding
+    spec = tuple(getattr(sharding, "spec", ()) or ())
+    out_bn = None
+    if spec and spec[0] is not None:
+      out_bn = jax.sharding.NamedSharding(sharding.mesh, P(spec[0], None))
+    multi_hot_bn = jnp.zeros((b, n), jnp.float32).at[
+        rows, jnp.where(targets >= 0, targets, n)].set(
+            1., mode="drop", out_sharding=out_bn)
+    terms_bn = jax.nn.softplus(logits_bn) - multi_hot_bn * logits_bn
+    return jnp.where(valid_n, terms_bn, 0.).sum(-1)
+
+  def per_example_loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
+                       rng: jax.Array | None = None) -> jax.Array:
+    """The loss of each example, float32 ``[B]``.
+
+    Args:
+      x_bd: features ``[B, d]``.
+      labels: int ``[B]`` (single-label) or ``[B, L]`` (multi-label), -1
+        padded.
+      rng: PRNG key of the group sample (training); the same key gives the
+        same sample as :meth:`loss`, one sample for the whole batch. None:
+        the exact full-classifier loss.
+
+    Returns:
+      Single-label: softmax CE over the sampled classes (all C without
+      rng), 0 for an example without a label; multi-label: sigmoid BCE
+      summed over the sampled classes (all C without rng).
+    """
+    labels = head_utils.check_labels(labels, self.codec, jnp.shape(x_bd)[0],
+                                     self.multilabel)
+    return self._per_example(x_bd, labels, rng)
+
+  def loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
+           rng: jax.Array | None = None,
+           where: ArrayLike | None = None) -> jax.Array:
+    """Mean of :meth:`per_example_loss` over the counted examples.
+
+    Args:
+      x_bd: features ``[B, d]``.
+      labels: int ``[B]`` (single-label) or ``[B, L]`` (multi-label), -1
+        padded.
+      rng: PRNG key of the group sample (training). None computes the exact
+        full-classifier loss (softmax CE over all C classes, or BCE over all
+        C), e.g. for evaluation.
+      where: optional bool ``[B]``; False excludes an example (its labels
+        still join the group sample). Single-label examples without a label
+        are excluded too; multi-label rows without labels count.
+
+    Returns:
+      float32 scalar, ``masked_mean(per_example_loss, where & labelled)``
+      (0 if no example counts).
+    """
+    labels = head_utils.check_labels(labels, self.codec, jnp.shape(x_bd)[0],
+                                     self.multilabel)
+    counted_b = head_utils.example_mask(
+        head_utils.labelled(labels, self.num_classes, self.multilabel), where)
+    return losses.masked_mean(self._per_example(x_bd, labels, rng), counted_b)
+
+  def topk(self, x_bd: ArrayLike, k: int) -> tuple[jax.Array, jax.Array]:
+    """Exact top-k of the full classifier over the C valid classes.
+
+    Args:
+      x_bd: features ``[B, d]``.
+      k: ``1 <= k <= C``.
+
+    Returns:
+      ``(scores [B, k] float32 descending, labels [B, k] int32)``; scores
+      are log-probabilities (``log_softmax`` over the C classes, or
+      ``log_sigmoid`` for a multi-label head), ranked like the logits.
+    """
+    if int(k) != k or not 1 <= k <= self.num_classes:
+      raise ValueError(
+          f"k must be an integer in [1, {self.num_classes}], got {k}")
+    logits_bc = self(x_bd).astype(jnp.float32)
+    # Rank the logits themselves (a shift or log_sigmoid could merge close
+    # floats into ties), then convert the k picked ones to log-probabilities.
+    logits_bk, labels_bk = jax.lax.top_k(logits_bc, int(k))
+    if self.multilabel:
+      scores_bk = jax.nn.log_sigmoid(logits_bk)
+    else:
+      scores_bk = logits_bk - jax.nn.logsumexp(logits_bc, -1, keepdims=True)
+    return scores_bk, labels_bk.astype(jnp.int32)
