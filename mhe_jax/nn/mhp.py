@@ -109,7 +109,8 @@ class MHPHead(nnx.Module):
   ``sum_h log p_h(d_h)`` of the product model (``p_h`` = softmax of ``z_h``,
   or its sigmoid for a ``'bce'`` multi-label head), equal to
   :func:`mhe_jax.ops.product_log_probs` of ``head(x)`` for single-label
-  heads. With ``dtype=jnp.bfloat16`` the matmul runs in bfloat16 and the
+  heads. The product also gives mass to the codes ``>= C``, which is not
+  renormalised away: the C labels' probabilities sum to at most 1. With ``dtype=jnp.bfloat16`` the matmul runs in bfloat16 and the
   logits, log-softmaxes and losses are float32.
 
   Attributes:
