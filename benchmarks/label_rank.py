@@ -4,7 +4,9 @@ A neural XMC model scores label ``l`` with ``<h(x), w_l>``: its label vectors
 (and features) have the head's width ``r``, so it is a rank-``r`` linear
 model of whatever ``h`` extracts. This benchmark measures what rank alone
 allows, with no encoder to train: the tf-idf rows of the training split are
-projected on their top ``r`` right singular vectors (LSA; a randomized SVD),
+projected on their top ``r`` right singular vectors (LSA: the randomized SVD
+of ``SparseMLPEncoder.svd_embedding``, the start of ``encoder.embed_init=
+'svd'``),
 and a one-vs-rest ridge regression from that ``r``-dimensional projection to
 the 0/1 label matrix is solved in closed form, ``W = (P'P + lam I)^-1 P'Y``.
 Beside it, two training-free yardsticks on the full tf-idf rows: the
@@ -34,6 +36,7 @@ from mhe_jax import knn
 from mhe_jax import metrics
 from mhe_jax import registry
 from mhe_jax.data import formats
+from mhe_jax.nn import encoders
 import ml_collections
 
 _DATASET = flags.DEFINE_string("dataset", "citeulike_t",
@@ -55,23 +58,6 @@ def split(data: formats.XMCData, fraction: float):
   cut = n - int(round(n * fraction))
   X, Y = data.X.tocsr(), data.Y.tocsr()
   return X[:cut], Y[:cut], X[cut:], Y[cut:]
-
-
-def top_right_vectors(a: sp.csr_matrix, r: int, seed: int,
-                      power: int = 3) -> np.ndarray:
-  """``[F, r]`` orthonormal, the top right singular vectors of ``a``.
-
-  Randomized range finder with ``power`` subspace iterations (Halko,
-  Martinsson, Tropp 2011, Alg. 4.4), oversampled by 10 columns.
-  """
-  rng = np.random.default_rng(seed)
-  q = np.linalg.qr(a.T @ rng.standard_normal((a.shape[0], r + 10)))[0]
-  for _ in range(power):
-    q = np.linalg.qr(a @ q)[0]
-    q = np.linalg.qr(a.T @ q)[0]
-  # SVD of the small projected matrix gives the leading vectors in order.
-  _, _, vt = np.linalg.svd(a @ q, full_matrices=False)
-  return q @ vt[:r].T
 
 
 def top5(scores: np.ndarray) -> np.ndarray:
@@ -116,7 +102,9 @@ def main(argv):
   del sims, votes
   for r in (int(v) for v in _RANKS.value):
     t0 = time.perf_counter()
-    v = top_right_vectors(a, r, _SEED.value)
+    v = encoders.SparseMLPEncoder.svd_embedding(
+        x_tr, r, idf=encoders.SparseMLPEncoder.idf_from_csr(x_tr),
+        seed=_SEED.value)
     p_tr, p_va = a @ v, b @ v
     gram = p_tr.T @ p_tr + _LAMBDA.value * np.eye(r)
     w_rl = np.linalg.solve(gram, np.asarray((y_tr.T @ p_tr).T))
