@@ -117,6 +117,12 @@ PUBLISHED = {  # method: (name, HR@10, NDCG@10, their training seconds)
 _COST_REPEATS = flags.DEFINE_integer(
     "cost_repeats", 5, "Timed calls of the classifier step (after a warm-up).")
 
+_COST_ONLY = flags.DEFINE_string(
+    "cost_only", None, "Train nothing: measure each --methods head's "
+    "classifier step (loss + gradient) on --datasets, with the config's "
+    "data.train_rows and, where it is set, without it (all B * T rows); "
+    "writes this JSON and prints a table.")
+
 DEFAULTS = {  # xmc_accuracy's flags, with this benchmark's defaults
     "datasets": list(DATASETS),
     "methods": list(HEAD_METHODS + PEER_METHODS) + ["published"],
@@ -545,8 +551,42 @@ def citation() -> dict[str, str]:
           "peers": "benchmarks/xmc_accuracy.py (run_peer)"}
 
 
+def cost_rows(datasets, methods, *, quick: bool, data_dir: str | None,
+              repeats: int) -> list[dict]:
+  """The classifier step of every head, as the trainer would build it.
+
+  For a config with ``data.train_rows`` set, a second row measures the same
+  head on all ``B * T`` rows (``train_rows=0``), so the table shows what the
+  compaction of labelled positions saves.
+  """
+  rows = []
+  for dataset in datasets:
+    for method in methods:
+      if method not in HEAD_METHODS:
+        raise ValueError(f"--cost_only measures heads; got {method!r}")
+      config, name = load_config(dataset, method, quick, data_dir)
+      for train_rows in dict.fromkeys((config.data.train_rows, 0)):
+        config.data.train_rows = train_rows
+        cost = classifier_cost(config, _dataset(config), repeats=repeats)
+        rows.append({"dataset": dataset, "method": method, "config": name,
+                     "train_rows": train_rows, **cost})
+        print(f"{dataset} {name} train_rows={train_rows}: "
+              f"{1e3 * cost['classifier_step_seconds']:.1f} ms, "
+              f"{cost.get('classifier_memory_bytes', 0) / 2**20:.0f} MiB, "
+              f"{cost['classifier_rows']} rows", flush=True)
+  return rows
+
+
 def main(argv):
   del argv
+  if _COST_ONLY.value:
+    rows = cost_rows(FLAGS.datasets, FLAGS.methods, quick=FLAGS.quick,
+                     data_dir=FLAGS.data_dir, repeats=_COST_REPEATS.value)
+    pathlib.Path(_COST_ONLY.value).write_text(json.dumps(
+        {"command": "python " + " ".join(sys.argv),
+         "machine": xmc_accuracy.machine(), "rows": rows}, indent=1))
+    print(f"wrote {_COST_ONLY.value}")
+    return
   if FLAGS.markdown_from:
     print(markdown_table(json.loads(pathlib.Path(FLAGS.markdown_from)
                                     .read_text())))

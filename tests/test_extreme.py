@@ -150,6 +150,20 @@ def _stub_rows(bench):
   ] + bench.published_rows("amazon_beauty")
 
 
+def test_cost_rows_with_and_without_compaction(bench, tmp_path):
+  _interactions(tmp_path)
+  rows = bench.cost_rows(["amazon_beauty"], ["mhp"], quick=True,
+                         data_dir=str(tmp_path), repeats=1)
+  # runlocal: 128 users x 20 positions, compacted to data.train_rows = 1280.
+  assert [r["train_rows"] for r in rows] == [1280, 0]
+  assert [r["classifier_rows"] for r in rows] == [1280, 128 * 20]
+  assert rows[0]["classifier_labelled_rows"] == \
+      rows[1]["classifier_labelled_rows"]
+  with pytest.raises(ValueError, match="measures heads"):
+    bench.cost_rows(["amazon_beauty"], ["omikuji"], quick=True,
+                    data_dir=str(tmp_path), repeats=1)
+
+
 def test_published_rows(bench):
   rows = {r["method"]: r for r in bench.published_rows("amazon_beauty")}
   got = {m: (r["HR@10"], r["NDCG@10"]) for m, r in rows.items()}
