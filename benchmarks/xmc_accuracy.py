@@ -86,7 +86,7 @@ KNN_BLEND = {
     # 5 members, 128 settings: validation P@1 / P@5 62.7 / 28.9 -> 63.3 / 29.4.
     "bibtex": {"k": 10, "power": 4, "weight": 0.1},
     # 3 members, 128 settings: validation P@1 / P@5 70.9 / 60.0 -> 72.2 / 61.0.
-    # (With session 3's 1 x 2048, 1600-step config: k=50, sim^8, w=0.4,
+    # (With one 2048 layer and 1600 steps: k=50, sim^8, w=0.4,
     # 69.8 / 58.6 -> 72.6 / 60.0.)
     "delicious": {"k": 100, "power": 8, "weight": 0.2},
 }
