@@ -73,7 +73,7 @@ def _compact_rows(x_nd: jax.Array, labels_n: jax.Array, where_n: jax.Array,
   its own (``lax.top_k`` of its labelled flags: every labelled row, in order,
   while there are at most that many), so nothing crosses devices.
   """
-  n, d = x_nd.shape
+  n = x_nd.shape[0]
   shards = _batch_shards(where_n)
   if max_rows % shards:
     raise ValueError(f"max_rows={max_rows} is not divisible by the {shards} "
