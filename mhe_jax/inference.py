@@ -117,6 +117,7 @@ def write_model_info(workdir: PathLike, config: ml_collections.ConfigDict,
       "has_idf": data.idf is not None,
       "context": getattr(data.train, "context", None),
       "max_features": getattr(data.train, "max_features", None),
+      "max_len": getattr(data.train, "max_len", None),
       "label_names": (None if data.label_names is None
                       else [str(n) for n in data.label_names]),
   }
@@ -194,7 +195,8 @@ def _dataset_spec(info: Mapping[str, Any]) -> registry.Dataset:
   idf = (np.ones(info["input_size"], np.float32) if info["has_idf"] else None)
   return registry.Dataset(
       train=types.SimpleNamespace(context=info["context"],
-                                  max_features=info["max_features"]),
+                                  max_features=info["max_features"],
+                                  max_len=info.get("max_len")),
       eval=None, num_classes=info["num_classes"],
       multilabel=info["multilabel"], input_keys=tuple(info["input_keys"]),
       input_size=info["input_size"],
@@ -369,6 +371,7 @@ class Predictor:
     self.input_keys = tuple(info["input_keys"])
     self.input_size = int(info["input_size"])
     self.context = info.get("context")
+    self.max_len = info.get("max_len")  # item sequences: positions T
     self.max_features = info.get("max_features") or 1
     self.max_cells = sizes[-1] * 64  # feature slots per chunk (see _run)
     self.widths = tuple(sorted(
@@ -915,9 +918,11 @@ def export(predictor: Predictor, directory: PathLike, *,
     row_specs = [((width,), np.int32), ((width,), np.float32)]
   elif predictor.context is not None:
     row_specs = [((predictor.context,), np.int32)]
+  elif predictor.input_keys == ("items",) and predictor.max_len:
+    row_specs = [((predictor.max_len,), np.int32)]  # left-padded with -1
   else:
-    raise ValueError(f"export supports bag-of-words and token models, not "
-                     f"inputs {predictor.input_keys}")
+    raise ValueError(f"export supports bag-of-words, token and item-sequence "
+                     f"models, not inputs {predictor.input_keys}")
   weight_specs = [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
 
   def export_for(batch):
@@ -941,7 +946,8 @@ def export(predictor: Predictor, directory: PathLike, *,
                   "dtype": np.dtype(d).name}
                  for name, (s, d), pad in zip(
                      predictor.input_keys, row_specs,
-                     (-1, 0) if predictor.is_bag_of_words else (0,))],
+                     (-1, 0) if predictor.is_bag_of_words else
+                     (-1,) if predictor.input_keys == ("items",) else (0,))],
       "programs": {name: b for name, (b, _) in programs.items()},
       "k": k, "num_classes": predictor.num_classes,
       "label_names": predictor.label_names,

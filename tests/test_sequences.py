@@ -390,6 +390,33 @@ def test_trainer_learns_next_item(tmp_path, head, overrides):
   assert results["sampled/HR@1"] > 0.9, results
 
 
+def test_a_sequence_workdir_loads_and_predicts_like_the_trainer(tmp_path):
+  write_log(tmp_path)
+  config = sequence_config(tmp_path, "mhp", **{"eval.exclude_history": False,
+                                               "eval.num_negatives": 0})
+  results = train.train_and_evaluate(config, tmp_path / "wd")
+  import mhe_jax  # pylint: disable=g-import-not-at-top
+  predictor = mhe_jax.load(tmp_path / "wd")
+  trainer = train.Trainer(config, tmp_path / "wd2")
+  ex = trainer.data.eval.examples
+  items = np.full((len(ex), config.data.max_len), -1, np.int32)
+  for u in range(len(ex)):
+    seq = ex.inputs.sequence(u)[-config.data.max_len:]
+    items[u, items.shape[1] - seq.size:] = seq
+  top = np.asarray(predictor.predict(items, 10).labels)
+  hits = (top == ex.targets[:, None]).any(axis=1).mean()
+  # The loaded model ranks the held-out items as the trainer's evaluation
+  # did (full ranking, no exclusion: the same HR@10).
+  assert hits == pytest.approx(results["HR@10"], abs=1e-6)
+  assert hits > 0.9
+  # The exported artifact gives the predictor's top-k.
+  from mhe_jax import inference  # pylint: disable=g-import-not-at-top
+  run = inference.load_exported(inference.export(predictor, tmp_path / "ex",
+                                                 k=10))
+  _, labels = run(items[:16])
+  np.testing.assert_array_equal(np.asarray(labels), top[:16])
+
+
 def test_trainer_validation_split_and_no_exclusion(tmp_path):
   write_log(tmp_path)
   config = sequence_config(tmp_path, "mhp", num_train_steps=2, **{
