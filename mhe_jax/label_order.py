@@ -253,9 +253,7 @@ def sequence_label_centroids(values: np.ndarray, offsets: np.ndarray,
     a, b = values[:-o][same], values[o:][same]
     items += [a, b]
     neighbours += [b, a]
-  items = np.concatenate(items) if items else np.zeros(0, np.int64)
-  neighbours = (np.concatenate(neighbours) if neighbours
-                else np.zeros(0, np.int64))
+  items, neighbours = np.concatenate(items), np.concatenate(neighbours)
   n = items.shape[0]
   X = sp.csr_matrix((np.ones(n), (np.arange(n), neighbours)),
                     shape=(n, num_classes))
