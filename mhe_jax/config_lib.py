@@ -101,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.hidden = 64          # mhc: prefix embedding / projection width.
   c.head.child_embedding = "gated"  # mhc levels 2..H: gated | table (a row per child).
   c.head.num_sampled_groups = 64  # mhs: groups (of r_2.. classes) per step.
+  # mhs: update only the sampled groups' classifier rows and their optimiser
+  # state (lazy Adam; momentum under optimizer.name='sgd'), see docs/heads.md.
+  c.head.sparse_update = False
   c.head.multilabel_loss = "bce"  # vanilla/mhp/mhc multi-label loss: bce | softmax.
   c.head.chunk_size = 0       # vanilla: class chunk; 0 -> the head's default.
   c.head.tie_embeddings = False  # vanilla + sasrec: the classifier kernel is the
@@ -248,6 +251,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.data.validation_fraction < 1.0:
     raise ValueError("config.data.validation_fraction must be in [0, 1), got "
                      f"{config.data.validation_fraction}")
+  if config.head.sparse_update and config.head.type != "mhs":
+    raise ValueError("config.head.sparse_update needs head.type='mhs', got "
+                     f"{config.head.type!r}")
   if config.nonfinite not in NONFINITE_MODES:
     raise ValueError(f"config.nonfinite must be one of {list(NONFINITE_MODES)}, "
                      f"got {config.nonfinite!r}")

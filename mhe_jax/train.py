@@ -67,6 +67,7 @@ from mhe_jax import sharding as sharding_lib
 from mhe_jax import workdir as workdir_lib
 from mhe_jax import writers
 from mhe_jax.data import pipeline
+from mhe_jax.nn import mhs
 from mhe_jax.nn import models as models_lib
 
 # What train_and_evaluate raises when it refuses to start (a config that does
@@ -128,10 +129,20 @@ class Trainer:
       raise ValueError(f"config.eval.ks must be positive, got {self.ks}")
     self.k_max = min(max(self.ks), self.data.num_classes)
     self.tx = registry.make_optimizer(config.optimizer, config.num_train_steps)
+    # head.sparse_update: the MHS classifier's sampled rows follow the lazy
+    # form of the optimiser (sgd: momentum), at the schedule's rate.
+    self.sparse_update = bool(config.head.sparse_update)
+    self.row_schedule = registry._schedule(  # pylint: disable=protected-access
+        config.optimizer, config.num_train_steps)
 
     def create():
       model = registry.build_model(config, self.data, nnx.Rngs(config.seed),
                                    mesh=self.mesh)
+      if self.sparse_update:
+        opt = config.optimizer
+        return model, mhs.SparseUpdateOptimizer(
+            model, self.tx, rule="momentum" if opt.name == "sgd" else "adam",
+            weight_decay=opt.weight_decay if opt.name == "adamw" else 0.0)
       return model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)
 
     with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
@@ -163,13 +174,31 @@ class Trainer:
     # A copy of the tree: the update mutates the Variables merged from state.
     previous = jax.tree.map(lambda x: x, state)
     model, optimizer = nnx.merge(self.graphdef, state)
-    loss, grads = nnx.value_and_grad(
-        lambda m: m.loss(batch, rng=rng, train=True))(model)
-    grad_norm = optax.tree.norm(grads)
+    loss_fn = lambda m: m.loss(batch, rng=rng, train=True)
+    if self.sparse_update:
+      row_lr = self.row_schedule(optimizer.step[...])
+      loss, grads, rows = optimizer.value_and_grad(loss_fn, model)
+      # The norm of the full gradient (zero off the sampled rows); clipped
+      # here over all of it, which leaves tx's own clip with nothing to do.
+      grad_norm = optax.tree.norm((grads, rows.kernel_grad, rows.bias_grad))
+      if self.config.optimizer.grad_clip:
+        clip = self.config.optimizer.grad_clip
+        scale = clip / jnp.maximum(grad_norm, clip)
+        grads, rows = jax.tree.map(lambda g: g * scale, grads), rows.scaled(scale)
+    else:
+      loss, grads = nnx.value_and_grad(loss_fn)(model)
+      grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     optimizer.update(model, grads)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                             nnx.state((model, optimizer)), previous)
+    # Leaves the update did not touch (the sparse rows' tables) skip the
+    # select, so they are never copied.
+    new_state = jax.tree.map(
+        lambda new, old: new if new is old else jnp.where(finite, new, old),
+        nnx.state((model, optimizer)), previous)
+    if self.sparse_update:
+      nnx.update((model, optimizer), new_state)
+      optimizer.update_rows(model, rows, row_lr, apply=finite)
+      new_state = nnx.state((model, optimizer))
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
     return new_state, metrics
 

@@ -149,6 +149,8 @@ KEY_EFFECTS: dict[str, bool] = {
     "head.beam": CHANGES_STATE,
     "head.hidden": CHANGES_STATE,
     "head.num_sampled_groups": CHANGES_STATE,
+    # Another optimiser state and trajectory of the classifier rows.
+    "head.sparse_update": CHANGES_STATE,
     "head.multilabel_loss": CHANGES_STATE,
     "head.label_order": CHANGES_STATE,
     "head.label_order_seed": CHANGES_STATE,

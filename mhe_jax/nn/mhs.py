@@ -38,12 +38,26 @@ Example::
   loss = mhs.loss(x_bd, y_b, rng=jax.random.key(1))    # B <= 64: 64 groups
                                                        # of 1000 classes
   scores_bk, labels_bk = mhs.topk(x_bd, 5)             # full classifier
+
+Sparse update. Training the full classifier with a dense optimiser still
+reads and writes all ``C x d`` parameters and their optimiser state every
+step. :class:`SparseUpdateOptimizer` (``config.head.sparse_update`` in the
+trainer) instead differentiates the loss with respect to the sampled
+groups' rows only and updates those rows and their optimiser state in place
+(:mod:`mhe_jax.ops.sparse_update`; lazy Adam or momentum SGD)::
+
+  optimizer = SparseUpdateOptimizer(model, optax.adam(1e-3))
+  loss, grads, rows = optimizer.value_and_grad(loss_fn, model)
+  optimizer.update(model, grads)                  # every other parameter
+  optimizer.update_rows(model, rows, learning_rate=1e-3)
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from flax import nnx
 import jax
@@ -53,6 +67,7 @@ import numpy as np
 
 from mhe_jax.nn import head_utils
 from mhe_jax.ops import losses
+from mhe_jax.ops import sparse_update
 from mhe_jax.ops.codec import LabelCodec
 from mhe_jax.ops.sampling import sample_groups
 
@@ -206,6 +221,18 @@ class MHSHead(nnx.Module):
     # Column n = t * s + p of the sample is class group_ids[t] * s + p.
     codes_n = (group_ids_t[:, None] * s +
                jnp.arange(s, dtype=jnp.int32)).reshape(-1)
+    hook = _SAMPLE_HOOK.get()
+    if hook is not None:  # SparseUpdateOptimizer.value_and_grad
+      w_dn, b_n = hook.block(group_ids_t)
+    else:
+      w_dn, b_n = self._gather(codes_n)
+    logits_bn = head_utils.dense(x_bd, w_dn, b_n, self.dtype)
+    valid_n = codes_n < self.num_classes
+    targets = jnp.where(labels >= 0, slots * s + labels % s, -1)
+    return logits_bn, valid_n, group_ids_t, targets.astype(jnp.int32)
+
+  def _gather(self, codes_n):
+    """The kernel columns ``[d, n]`` and bias ``[n]`` of the given codes."""
     kernel_dp, bias_p = self.kernel[...], self.bias[...]
     # Gather only the sampled columns; on Explicit meshes they are replicated
     # over the class axis (the embed axis keeps its sharding).
@@ -218,10 +245,7 @@ class MHSHead(nnx.Module):
       out_n = jax.sharding.NamedSharding(sharding.mesh, P(None))
     w_dn = kernel_dp.at[:, codes_n].get(out_sharding=out_dn)
     b_n = bias_p.at[codes_n].get(out_sharding=out_n)
-    logits_bn = head_utils.dense(x_bd, w_dn, b_n, self.dtype)
-    valid_n = codes_n < self.num_classes
-    targets = jnp.where(labels >= 0, slots * s + labels % s, -1)
-    return logits_bn, valid_n, group_ids_t, targets.astype(jnp.int32)
+    return w_dn, b_n
 
   def sampled_logits(self, x_bd: ArrayLike, labels: ArrayLike,
                      rng: jax.Array
@@ -344,3 +368,254 @@ class MHSHead(nnx.Module):
     else:
       scores_bk = logits_bk - jax.nn.logsumexp(logits_bc, -1, keepdims=True)
     return scores_bk, labels_bk.astype(jnp.int32)
+
+
+# ------------------------------------------------------------ sparse update
+class SampledRows(NamedTuple):
+  """The classifier rows of one MHS step and their gradients.
+
+  ``S`` sampled groups of ``s`` classes, in the head's kernel layout (a
+  class is a kernel column, a row of ``W = kernel.T``).
+  """
+  group_ids: jax.Array    # int32 [S], distinct
+  kernel: jax.Array       # [d, S * s], the gathered columns
+  bias: jax.Array         # [S * s]
+  kernel_grad: jax.Array  # [d, S * s]
+  bias_grad: jax.Array    # [S * s]
+
+  def scaled(self, factor: ArrayLike) -> SampledRows:
+    """The same rows with their gradients multiplied by ``factor``."""
+    return self._replace(
+        kernel_grad=self.kernel_grad * factor.astype(self.kernel_grad.dtype),
+        bias_grad=self.bias_grad * factor.astype(self.bias_grad.dtype))
+
+
+class _SampleDrawn(Exception):
+  """Ends the recording pass once the head has drawn its sample."""
+
+  def __init__(self, group_ids):
+    super().__init__("MHS sample drawn")
+    self.group_ids = group_ids
+
+
+class _SampleHook:
+  """What an MHS head's training loss uses instead of its own gather.
+
+  Without a block it records the sample and stops the loss (raising
+  :class:`_SampleDrawn`); with one it hands the block to the head.
+  """
+
+  def __init__(self, block=None):
+    self.blocks = block
+    self.uses = 0
+
+  def block(self, group_ids_s):
+    if self.blocks is None:
+      raise _SampleDrawn(group_ids_s)
+    kernel_dn, bias_n = self.blocks
+    self.uses += 1
+    if self.uses > 1 or kernel_dn.shape[1] != bias_n.shape[0] or (
+        bias_n.shape[0] % group_ids_s.shape[0]):
+      raise ValueError("a sparse-update loss must call the MHS head's "
+                       "training loss exactly once, with the same labels")
+    return kernel_dn, bias_n
+
+
+_SAMPLE_HOOK: contextvars.ContextVar[_SampleHook | None] = (
+    contextvars.ContextVar("mhe_jax_mhs_sample_hook", default=None))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Excluding:
+  """nnx filter: every variable but those at ``paths``."""
+  paths: frozenset[tuple[Any, ...]]
+
+  def __call__(self, path, value) -> bool:
+    del value
+    return tuple(path) not in self.paths
+
+
+def _the_mhs_head(model: nnx.Module) -> tuple[tuple[Any, ...], MHSHead]:
+  found = [(tuple(path), node) for path, node in nnx.iter_graph(model)
+           if isinstance(node, MHSHead)]
+  if len(found) != 1:
+    raise ValueError(f"a sparse update needs exactly one MHSHead in the "
+                     f"model, found {len(found)}")
+  return found[0]
+
+
+def _node_at(model: nnx.Module, path: tuple[Any, ...]) -> Any:
+  for name in path:
+    model = model[name] if isinstance(name, int) else getattr(model, name)
+  return model
+
+
+SPARSE_RULES = ("adam", "momentum")
+
+
+class SparseUpdateOptimizer(nnx.Optimizer):
+  """An ``nnx.Optimizer`` that updates only the sampled rows of an MHS head.
+
+  The model's one :class:`MHSHead` keeps its kernel ``[d, P]`` and bias
+  ``[P]`` out of ``tx``: they get no dense gradient and no dense optimiser
+  state. Each step, :meth:`value_and_grad` gathers the sampled groups'
+  ``S * s`` columns (the rows of ``W``) and differentiates the loss with
+  respect to that block, and :meth:`update_rows` applies the lazy rule to
+  the block and scatters it, and its optimiser state, back in place
+  (:mod:`mhe_jax.ops.sparse_update`). Every other parameter is updated by
+  ``tx`` through :meth:`update` as usual. Unsampled rows and their state are
+  neither read nor written.
+
+  Rules (the lazy forms of the trainer's optimisers):
+
+  * ``'adam'``: lazy Adam (AdamW with ``weight_decay``). Per-row moments
+    like the kernel and bias, and a per-group step count ``[G]`` (every row
+    of a group is sampled together): a row's moments and count advance only
+    when its group is sampled, and its bias correction uses its own count,
+    so each row follows Adam over its own gradient sequence.
+  * ``'momentum'``: SGD with heavy-ball momentum (one trace per row, as
+    Renee, Jain et al. MLSys 2023, trains its classifier).
+
+  The state (``kernel_mu``, ``kernel_nu``, ``bias_mu``, ``bias_nu``,
+  ``group_count`` or ``kernel_trace``, ``bias_trace``) is ``nnx.OptState``
+  with the kernel's and bias's logical axes, so a trainer shards it like
+  them (class-sharded: each device updates the rows it holds) and saves it
+  with the optimiser.
+
+  Args:
+    model: the model holding one :class:`MHSHead`.
+    tx: the optax transformation of every other parameter.
+    rule: ``'adam'`` or ``'momentum'``.
+    b1, b2, eps, weight_decay: lazy Adam's constants (optax's defaults;
+      ``weight_decay`` > 0: AdamW's decoupled decay).
+    momentum: the momentum rule's decay.
+    wrt: the parameters to train (the head's kernel and bias are taken out
+      of it for ``tx``).
+  """
+
+  def __init__(self, model: nnx.Module, tx, *, rule: str = "adam",
+               b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+               weight_decay: float = 0.0, momentum: float = 0.9,
+               wrt: Any = nnx.Param):
+    if rule not in SPARSE_RULES:
+      raise ValueError(f"unknown sparse-update rule {rule!r}; known: "
+                       f"{list(SPARSE_RULES)}")
+    path, head = _the_mhs_head(model)
+    rows = frozenset({(*path, "kernel"), (*path, "bias")})
+    super().__init__(model, tx, wrt=nnx.All(wrt, _Excluding(rows)))
+    self.head_path = path
+    self.rule = rule
+    self.b1, self.b2, self.eps = float(b1), float(b2), float(eps)
+    self.weight_decay, self.momentum = float(weight_decay), float(momentum)
+
+    def zeros_like(var):
+      return nnx.OptState(jnp.zeros_like(var[...]), **var.get_metadata())
+
+    if rule == "adam":
+      self.kernel_mu, self.kernel_nu = (zeros_like(head.kernel),
+                                        zeros_like(head.kernel))
+      self.bias_mu, self.bias_nu = zeros_like(head.bias), zeros_like(head.bias)
+      self.group_count = nnx.OptState(
+          jnp.zeros((head.num_groups,), jnp.int32))
+    else:
+      self.kernel_trace = zeros_like(head.kernel)
+      self.bias_trace = zeros_like(head.bias)
+
+  def value_and_grad(self, loss_fn: Callable[[nnx.Module], jax.Array],
+                     model: nnx.Module
+                     ) -> tuple[jax.Array, nnx.State, SampledRows]:
+    """The loss, the gradient of the other parameters, and the sampled rows.
+
+    ``loss_fn(model)`` must call the MHS head's training loss once (with an
+    rng). It runs twice while tracing: on a copy of ``model`` up to the
+    head's draw of the sample (nothing of that pass is computed: only the
+    sample, a function of the labels and the rng, is kept), then with the
+    gathered block in place of the head's own gather, differentiated with
+    respect to the block and ``self.wrt``.
+
+    Returns:
+      ``(loss, grads, rows)``: ``grads`` as ``nnx.grad`` gives them for
+      ``self.wrt`` (for :meth:`update`), ``rows`` the gathered block and its
+      gradient (for :meth:`update_rows`).
+    """
+    head = _node_at(model, self.head_path)
+    token = _SAMPLE_HOOK.set(_SampleHook())
+    try:
+      loss_fn(nnx.clone(model))
+    except _SampleDrawn as drawn:
+      group_ids_s = drawn.group_ids
+    else:
+      raise ValueError("loss_fn never drew an MHS sample: it must call the "
+                       "head's loss with an rng")
+    finally:
+      _SAMPLE_HOOK.reset(token)
+    s = head.group_size
+    kernel_dn = sparse_update.gather_blocks(head.kernel[...], group_ids_s, s)
+    bias_n = sparse_update.gather_blocks(head.bias[...], group_ids_s, s)
+
+    def loss_of_block(m, kernel_dn, bias_n):
+      hook = _SampleHook((kernel_dn, bias_n))
+      token = _SAMPLE_HOOK.set(hook)
+      try:
+        loss = loss_fn(m)
+      finally:
+        _SAMPLE_HOOK.reset(token)
+      if hook.uses != 1:
+        raise ValueError("loss_fn must call the MHS head's training loss "
+                         "exactly once")
+      return loss
+
+    loss, (grads, kernel_grad, bias_grad) = nnx.value_and_grad(
+        loss_of_block, argnums=(nnx.DiffState(0, self.wrt), 1, 2))(
+            model, kernel_dn, bias_n)
+    return loss, grads, SampledRows(group_ids_s, kernel_dn, bias_n,
+                                    kernel_grad, bias_grad)
+
+  def update_rows(self, model: nnx.Module, rows: SampledRows,
+                  learning_rate: ArrayLike, *, apply: ArrayLike = True
+                  ) -> None:
+    """Updates the sampled rows and their state in place.
+
+    Args:
+      model: the model ``rows`` came from.
+      rows: :meth:`value_and_grad`'s rows (gradients possibly rescaled).
+      learning_rate: this step's learning rate (a scalar).
+      apply: a bool scalar; False leaves the rows and their state as they
+        were (a step whose loss or gradient is not finite).
+    """
+    head = _node_at(model, self.head_path)
+    s, ids_s = head.group_size, rows.group_ids
+    gather = lambda var: sparse_update.gather_blocks(var[...], ids_s, s)
+    keep = lambda new, old: jnp.where(apply, new, old)
+
+    def write(var, new_n, old_n):
+      var[...] = sparse_update.scatter_blocks(var[...], ids_s,
+                                              keep(new_n, old_n), s)
+
+    if self.rule == "adam":
+      count_s = self.group_count[...][ids_s]
+      count_n = jnp.repeat(count_s + 1, s)  # each row's count, this step too
+      for param_var, mu_var, nu_var, param, grad in (
+          (head.kernel, self.kernel_mu, self.kernel_nu, rows.kernel,
+           rows.kernel_grad),
+          (head.bias, self.bias_mu, self.bias_nu, rows.bias, rows.bias_grad)):
+        old = (param, gather(mu_var), gather(nu_var))
+        new = sparse_update.lazy_adam(
+            param, grad, old[1], old[2], count_n, learning_rate=learning_rate,
+            b1=self.b1, b2=self.b2, eps=self.eps,
+            weight_decay=self.weight_decay)
+        for var, new_n, old_n in zip((param_var, mu_var, nu_var), new, old):
+          write(var, new_n, old_n)
+      self.group_count[...] = self.group_count[...].at[ids_s].set(
+          keep(count_s + 1, count_s))
+    else:
+      for param, grad, trace, var, trace_var in (
+          (rows.kernel, rows.kernel_grad, gather(self.kernel_trace),
+           head.kernel, self.kernel_trace),
+          (rows.bias, rows.bias_grad, gather(self.bias_trace), head.bias,
+           self.bias_trace)):
+        new_param, new_trace = sparse_update.lazy_momentum(
+            param, grad, trace, learning_rate=learning_rate,
+            momentum=self.momentum)
+        write(var, new_param, param)
+        write(trace_var, new_trace, trace)
