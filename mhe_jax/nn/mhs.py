@@ -468,19 +468,20 @@ class SparseUpdateOptimizer(nnx.Optimizer):
 
   Rules (the lazy forms of the trainer's optimisers):
 
-  * ``'adam'``: lazy Adam (AdamW with ``weight_decay``). Per-row moments
-    like the kernel and bias, and a per-group step count ``[G]`` (every row
-    of a group is sampled together): a row's moments and count advance only
-    when its group is sampled, and its bias correction uses its own count,
-    so each row follows Adam over its own gradient sequence.
+  * ``'adam'``: lazy Adam (AdamW with ``weight_decay``), as PyTorch
+    ``SparseAdam`` and TF ``LazyAdam``: a row's moments advance only when
+    its group is sampled, and the bias correction uses the optimiser's
+    global step count (``self.step``), so a row first sampled late takes
+    the larger first step that dense Adam would give it. (A per-row count,
+    which restarts every row at Adam's first-step size, trained worse: see
+    ``docs/heads.md``.)
   * ``'momentum'``: SGD with heavy-ball momentum (one trace per row, as
     Renee, Jain et al. MLSys 2023, trains its classifier).
 
-  The state (``kernel_mu``, ``kernel_nu``, ``bias_mu``, ``bias_nu``,
-  ``group_count`` or ``kernel_trace``, ``bias_trace``) is ``nnx.OptState``
-  with the kernel's and bias's logical axes, so a trainer shards it like
-  them (class-sharded: each device updates the rows it holds) and saves it
-  with the optimiser.
+  The state (``kernel_mu``, ``kernel_nu``, ``bias_mu``, ``bias_nu``, or
+  ``kernel_trace``, ``bias_trace``) is ``nnx.OptState`` with the kernel's
+  and bias's logical axes, so a trainer shards it like them (class-sharded:
+  each device updates the rows it holds) and saves it with the optimiser.
 
   Args:
     model: the model holding one :class:`MHSHead`.
@@ -515,8 +516,6 @@ class SparseUpdateOptimizer(nnx.Optimizer):
       self.kernel_mu, self.kernel_nu = (zeros_like(head.kernel),
                                         zeros_like(head.kernel))
       self.bias_mu, self.bias_nu = zeros_like(head.bias), zeros_like(head.bias)
-      self.group_count = nnx.OptState(
-          jnp.zeros((head.num_groups,), jnp.int32))
     else:
       self.kernel_trace = zeros_like(head.kernel)
       self.bias_trace = zeros_like(head.bias)
@@ -576,6 +575,9 @@ class SparseUpdateOptimizer(nnx.Optimizer):
                   ) -> None:
     """Updates the sampled rows and their state in place.
 
+    Call it after :meth:`update` of the same step: lazy Adam's bias
+    correction takes ``self.step``, which :meth:`update` has advanced.
+
     Args:
       model: the model ``rows`` came from.
       rows: :meth:`value_and_grad`'s rows (gradients possibly rescaled).
@@ -593,21 +595,18 @@ class SparseUpdateOptimizer(nnx.Optimizer):
                                               keep(new_n, old_n), s)
 
     if self.rule == "adam":
-      count_s = self.group_count[...][ids_s]
-      count_n = jnp.repeat(count_s + 1, s)  # each row's count, this step too
+      count = self.step[...]  # incremented by update(): this step included
       for param_var, mu_var, nu_var, param, grad in (
           (head.kernel, self.kernel_mu, self.kernel_nu, rows.kernel,
            rows.kernel_grad),
           (head.bias, self.bias_mu, self.bias_nu, rows.bias, rows.bias_grad)):
         old = (param, gather(mu_var), gather(nu_var))
         new = sparse_update.lazy_adam(
-            param, grad, old[1], old[2], count_n, learning_rate=learning_rate,
+            param, grad, old[1], old[2], count, learning_rate=learning_rate,
             b1=self.b1, b2=self.b2, eps=self.eps,
             weight_decay=self.weight_decay)
         for var, new_n, old_n in zip((param_var, mu_var, nu_var), new, old):
           write(var, new_n, old_n)
-      self.group_count[...] = self.group_count[...].at[ids_s].set(
-          keep(count_s + 1, count_s))
     else:
       for param, grad, trace, var, trace_var in (
           (rows.kernel, rows.kernel_grad, gather(self.kernel_trace),

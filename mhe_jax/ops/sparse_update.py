@@ -14,12 +14,11 @@ state, and scatter them back, touching ``O(S * s * d)`` memory instead of
   (``.at[...].set``; under ``jit`` with the table donated no copy is made).
   On a mesh whose class axis shards the table, each device writes the blocks
   it holds and the gathered block is replicated over the class axis.
-* :func:`lazy_adam`: Adam on the gathered rows with a per-row step count.
-  A row's moments and step count advance only on the steps that sample it
-  (as PyTorch ``SparseAdam`` and TF ``LazyAdam``), and its bias correction
-  uses its own count, so every row follows exactly the Adam trajectory of
-  its own gradient sequence: its first update has Adam's first-step size
-  whenever it comes.
+* :func:`lazy_adam`: Adam on the gathered rows. A row's moments advance
+  only on the steps that sample it (as PyTorch ``SparseAdam`` and TF
+  ``LazyAdam``); the bias correction takes whatever step count the caller
+  passes, per row or (as those two, and
+  :class:`mhe_jax.nn.mhs.SparseUpdateOptimizer`) the global step.
 * :func:`lazy_momentum`: SGD with heavy-ball momentum on the gathered rows
   (``optax.sgd(lr, momentum)``); a row's trace decays only when sampled.
 
@@ -30,9 +29,8 @@ Example::
   ids_s = jnp.array([3, 17], jnp.int32)                 # sampled groups
   w_dn = gather_blocks(kernel_dp, ids_s, s)            # [d, 2 * s]
   mu_dn, nu_dn = (gather_blocks(m, ids_s, s) for m in (mu_dp, nu_dp))
-  count_n = jnp.repeat(count_g[ids_s] + 1, s)          # per-row step count
-  w_dn, mu_dn, nu_dn = lazy_adam(w_dn, grad_dn, mu_dn, nu_dn, count_n,
-                                 learning_rate=1e-3)
+  w_dn, mu_dn, nu_dn = lazy_adam(w_dn, grad_dn, mu_dn, nu_dn, step,
+                                 learning_rate=1e-3)  # step: 1, 2, ...
   kernel_dp = scatter_blocks(kernel_dp, ids_s, w_dn, s)
 """
 
@@ -149,10 +147,10 @@ def lazy_adam(param: ArrayLike, grad: ArrayLike, mu: ArrayLike,
               b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
               weight_decay: float = 0.0
               ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """One Adam (or AdamW) step of gathered rows with per-row step counts.
+  """One Adam (or AdamW) step of gathered rows.
 
   The same arithmetic as ``optax.adam`` / ``optax.adamw`` (``eps_root=0``),
-  with the bias correction of each row taken at its own count::
+  with the bias correction taken at ``count`` (``t``)::
 
     mu' = (1 - b1) g + b1 mu          nu' = (1 - b2) g^2 + b2 nu
     p'  = p - lr * (mu' / (1 - b1^t)) / (sqrt(nu' / (1 - b2^t)) + eps)
@@ -160,8 +158,10 @@ def lazy_adam(param: ArrayLike, grad: ArrayLike, mu: ArrayLike,
 
   Args:
     param, grad, mu, nu: the gathered rows, all the same shape.
-    count: int, broadcastable to ``param``: each row's step count including
-      this step (``>= 1``), e.g. ``[S * s]`` for ``[d, S * s]`` rows.
+    count: int ``>= 1``, broadcastable to ``param``: the step count of the
+      bias correction, this step included; the global step (a scalar: lazy
+      Adam as TF ``LazyAdam``) or a count per row (``[S * s]`` for
+      ``[d, S * s]`` rows: each row follows Adam over its own gradients).
     learning_rate: this step's learning rate (a scalar).
     b1, b2, eps: Adam's constants (optax's defaults).
     weight_decay: AdamW's decoupled decay (``optax.adamw``); 0: Adam.
