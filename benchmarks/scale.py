@@ -20,6 +20,17 @@ backward and a donated adam update; its flags ``--batch``, ``--dim``,
   classes in chunks, MHP decodes the exact product top-k, MHC its beam, MHS
   the full classifier).
 
+Beside the heads of ``benchmarks/heads.py`` (``mhs`` samples
+``--sampled_groups`` groups and updates the classifier densely), three MHS
+rows sample ``--sparse_groups`` groups: ``mhs_dense`` (the dense adam
+update, as ``mhs``), ``mhs_sparse`` (only the sampled rows and their state
+are updated: lazy Adam, :class:`mhe_jax.nn.mhs.SparseUpdateOptimizer`) and
+``mhs_sparse_momentum`` (lazy momentum SGD: one state table instead of
+two). A step samples ``max(budget, B)`` groups (every batch label's group
+must fit), so with B=256 a budget below 256 samples 256 groups.
+``--merge`` adds the rows run to the ``--out`` JSON, replacing rows of the
+same head and C and keeping the rest.
+
 Each point first compiles the train step from abstract shapes (nothing
 allocated) and is skipped, with its compiled memory and the reason, when
 ``live_bytes`` exceeds ``--memory_budget_gb``; such a point is marked "does
@@ -31,6 +42,8 @@ throughput against C, one line per head).
   python benchmarks/scale.py --classes=1e4,1e5 --repeats=2 --out=/tmp/s.json
   python benchmarks/scale.py --markdown_from=benchmarks/results/scale.json
   python benchmarks/scale.py --plot_from=benchmarks/results/scale.json
+  python benchmarks/scale.py --heads=mhs_dense,mhs_sparse,mhs_sparse_momentum \
+      --classes=1e5,1e6,1e7 --merge              # the sparse-update rows
 """
 
 from __future__ import annotations
@@ -48,8 +61,12 @@ from absl import app
 from absl import flags
 from flax import nnx
 import jax
+import optax
 
 import heads as heads_lib  # benchmarks/heads.py (this directory is on sys.path)
+from mhe_jax import LabelCodec
+from mhe_jax.nn.mhs import MHSHead
+from mhe_jax.nn.mhs import SparseUpdateOptimizer
 
 FLAGS = flags.FLAGS
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -65,6 +82,12 @@ _PLOT_FROM = flags.DEFINE_string(
     "plot_from", None, "Only redraw the PNG of a results JSON.")
 _PLOT = flags.DEFINE_string(
     "plot", str(RESULTS / "scale.png"), "Where to write the PNG.")
+_SPARSE_GROUPS = flags.DEFINE_integer(
+    "sparse_groups", 256, "Sampling budget of the mhs_dense, mhs_sparse and "
+    "mhs_sparse_momentum rows (a step samples max(budget, batch) groups).")
+_MERGE = flags.DEFINE_bool(
+    "merge", False, "Add the rows to the --out JSON (replacing rows of the "
+    "same head and C) instead of overwriting it.")
 
 # Defaults of the shared heads.py flags for this benchmark (see the README).
 FLAGS.set_default("classes", ["1e4", "3e4", "1e5", "3e5", "1e6", "3e6", "1e7",
@@ -75,23 +98,70 @@ FLAGS.set_default("memory_budget_gb", 10.0)
 FLAGS.set_default("out", str(RESULTS / "scale.json"))
 
 _PASSED_FLAGS = ("batch", "dim", "num_heads", "beam", "hidden",
-                 "sampled_groups", "repeats", "memory_budget_gb",
-                 "machine_memory_gb", "top_k")
+                 "sampled_groups", "sparse_groups", "repeats",
+                 "memory_budget_gb", "machine_memory_gb", "top_k")
 _RESULT_TAG = "SCALE_POINT_RESULT "
+_LR = 1e-3  # heads.py's adam
+# Heads of this benchmark beyond benchmarks/heads.py's: MHS with the
+# --sparse_groups budget and the dense update, or the sparse update with the
+# lazy form of adam or of momentum SGD.
+_MHS_BUDGET_HEADS = {"mhs_dense": None, "mhs_sparse": "adam",
+                     "mhs_sparse_momentum": "momentum"}
 
 
 def _rss_peak_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
+def _mhs_budget_create(name: str, num_classes: int):
+  head = MHSHead(FLAGS.dim, LabelCodec.balanced(num_classes, FLAGS.num_heads),
+                 _SPARSE_GROUPS.value, rngs=nnx.Rngs(0))
+  rule = _MHS_BUDGET_HEADS[name]
+  if rule is None:
+    return head, nnx.Optimizer(head, optax.adam(_LR), wrt=nnx.Param)
+  return head, SparseUpdateOptimizer(
+      head, optax.adam(_LR), rule=rule)  # adam: nothing left for it
+
+
+def compile_step(name: str, num_classes: int):
+  """``heads.compile_step``, and the steps of the --sparse_groups rows."""
+  if name not in _MHS_BUDGET_HEADS:
+    return heads_lib.compile_step(name, num_classes)
+  create = lambda: _mhs_budget_create(name, num_classes)
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(create))
+  sparse = _MHS_BUDGET_HEADS[name] is not None
+
+  def step(state, x, y, rng):
+    head, optimizer = nnx.merge(graphdef, state)
+    loss_fn = lambda h: h.loss(x, y, rng=rng)
+    if sparse:
+      loss, grads, rows = optimizer.value_and_grad(loss_fn, head)
+      optimizer.update(head, grads)
+      optimizer.update_rows(head, rows, _LR)
+    else:
+      loss, grads = nnx.value_and_grad(loss_fn)(head)
+      optimizer.update(head, grads)
+    return nnx.state((head, optimizer)), loss
+
+  x, y, key = jax.eval_shape(heads_lib.inputs, num_classes)
+  compiled = jax.jit(step, donate_argnums=0).lower(
+      abstract_state, x, y, key).compile()
+  init = jax.jit(lambda: nnx.split(create())[1])
+  return compiled, init, graphdef
+
+
 def run_point(name: str, num_classes: int) -> dict:
   """Measures one (head, C) point in this process (meant to be a fresh one)."""
   jax.block_until_ready(jax.numpy.ones(8) + 1)  # runtime up before the baseline
+  budget_head = name in _MHS_BUDGET_HEADS
   row = dict(head=name, num_classes=num_classes,
-             params=heads_lib.param_count(name, num_classes),
+             params=heads_lib.param_count("mhs" if budget_head else name,
+                                          num_classes),
              rss_base_bytes=_rss_peak_bytes())
+  if budget_head:
+    row["sampled_groups"] = _SPARSE_GROUPS.value
   t0 = time.perf_counter()
-  compiled, init, graphdef = heads_lib.compile_step(name, num_classes)
+  compiled, init, graphdef = compile_step(name, num_classes)
   row["compile_seconds"] = time.perf_counter() - t0
   row.update(heads_lib.memory_stats(compiled) or {})
   need = row.get("live_bytes", 16 * row["params"])
@@ -254,8 +324,18 @@ def main(argv):
               load_average=os.getloadavg(),
               wall_seconds=time.perf_counter() - t_start,
               time=time.strftime("%Y-%m-%d %H:%M"))
-  results = dict(meta=meta, rows=rows)
   out = pathlib.Path(FLAGS.out)
+  if _MERGE.value and out.exists():
+    results = json.loads(out.read_text())
+    new = {(r["head"], r["num_classes"]) for r in rows}
+    results["rows"] = [r for r in results["rows"]
+                       if (r["head"], r["num_classes"]) not in new] + rows
+    results["meta"].setdefault("merged", []).append(dict(
+        meta, heads=list(FLAGS.heads), classes=list(FLAGS.classes),
+        sparse_groups=_SPARSE_GROUPS.value))
+  else:
+    meta["sparse_groups"] = _SPARSE_GROUPS.value
+    results = dict(meta=meta, rows=rows)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(results, indent=1))
   plot(results, _PLOT.value)
