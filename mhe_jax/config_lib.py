@@ -104,8 +104,15 @@ def base_config() -> ml_collections.ConfigDict:
   # mhs: update only the sampled groups' classifier rows and their optimiser
   # state (lazy Adam; momentum under optimizer.name='sgd'), see docs/heads.md.
   c.head.sparse_update = False
-  c.head.multilabel_loss = "bce"  # vanilla/mhp/mhc multi-label loss: bce | softmax.
+  c.head.multilabel_loss = "bce"  # vanilla/mhp/mhc multi-label loss: bce | softmax
+                                  # (| squared: vanilla, mhc).
   c.head.chunk_size = 0       # vanilla: class chunk; 0 -> the head's default.
+  # How the head is trained: 'gradient' (the optimizer, num_train_steps), or
+  # 'least_squares' (vanilla / mhc with multilabel_loss='squared': each output
+  # layer set to the ridge regression of its 0/1 targets on the encoder's
+  # features, in closed form; num_train_steps must be 1), see mhe_jax/fit.py.
+  c.head.fit = "gradient"
+  c.head.ridge_lambda = 1.0   # head.fit='least_squares': the ridge penalty.
   c.head.tie_embeddings = False  # vanilla + sasrec: the classifier kernel is the
                               # encoder's item embedding table (one [C, d] matrix).
   # vanilla / mhs classifier bias at init: 'zeros', or 'prior' (the training
@@ -254,6 +261,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.head.sparse_update and config.head.type != "mhs":
     raise ValueError("config.head.sparse_update needs head.type='mhs', got "
                      f"{config.head.type!r}")
+  if config.head.fit not in ("gradient", "least_squares"):
+    raise ValueError("config.head.fit must be 'gradient' or 'least_squares', "
+                     f"got {config.head.fit!r}")
+  if config.head.fit == "least_squares":
+    if config.head.type not in ("vanilla", "mhc"):
+      raise ValueError("config.head.fit='least_squares' fits head.type "
+                       f"'vanilla' or 'mhc', got {config.head.type!r}")
+    if config.num_train_steps != 1:
+      raise ValueError(
+          "config.head.fit='least_squares' is one closed-form solve: set "
+          f"num_train_steps=1 (got {config.num_train_steps})")
+    if not config.head.ridge_lambda > 0:
+      raise ValueError("config.head.ridge_lambda must be > 0, got "
+                       f"{config.head.ridge_lambda}")
   if config.nonfinite not in NONFINITE_MODES:
     raise ValueError(f"config.nonfinite must be one of {list(NONFINITE_MODES)}, "
                      f"got {config.nonfinite!r}")

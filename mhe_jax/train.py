@@ -59,6 +59,7 @@ with _extras.requires("train"):
 
 from mhe_jax import checkpointing
 from mhe_jax import config_lib
+from mhe_jax import fit as fit_lib
 from mhe_jax import inference
 from mhe_jax import metrics as metrics_lib
 from mhe_jax import registry
@@ -401,6 +402,11 @@ def _train_and_evaluate(config, workdir):
                                 num_steps)
   other_time = compile_time = 0.0  # eval + checkpoints; the first step
   loop_start = time.perf_counter()
+  if config.head.fit == "least_squares" and step < num_steps:
+    # The closed-form solve is the run's one step (mhe_jax/fit.py).
+    state = fit_lib.least_squares_state(trainer, state)
+    step = num_steps
+    progress.update(step)
   while step < num_steps:
     try:
       state, step_metrics = trainer.train_step(state, next(train_iter), step)

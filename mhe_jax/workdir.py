@@ -152,6 +152,8 @@ KEY_EFFECTS: dict[str, bool] = {
     # Another optimiser state and trajectory of the classifier rows.
     "head.sparse_update": CHANGES_STATE,
     "head.multilabel_loss": CHANGES_STATE,
+    "head.fit": CHANGES_STATE,
+    "head.ridge_lambda": CHANGES_STATE,
     "head.label_order": CHANGES_STATE,
     "head.label_order_seed": CHANGES_STATE,
     "head.num_picked": CHANGES_STATE,

@@ -73,8 +73,8 @@ def test_label_shape_errors():
     VanillaHead(D, C, rngs=nnx.Rngs(0)).loss(x, label_sets)
   with pytest.raises(ValueError, match="multilabel head"):
     VanillaHead(D, C, multilabel=True, rngs=nnx.Rngs(0)).loss(x, labels)
-  with pytest.raises(ValueError, match="multilabel_loss must be 'bce' or "
-                     "'softmax', got 'pal'"):
+  with pytest.raises(ValueError, match="multilabel_loss must be 'bce', "
+                     "'softmax' or 'squared', got 'pal'"):
     VanillaHead(D, C, multilabel=True, multilabel_loss="pal",
                 rngs=nnx.Rngs(0))
 

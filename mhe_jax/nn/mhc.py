@@ -42,6 +42,12 @@ with ``multilabel_loss='bce'``: ``p_h = sigmoid`` per child and ``score(y) =
 sum_h log sigmoid(z_h)[d_h]``, the log of the product of the levels'
 probabilities (as the reference does). Multi-label with
 ``multilabel_loss='softmax'``: the single-label rule, ``score(y) = log P(y)``.
+Multi-label with ``multilabel_loss='squared'`` (the regression rule of
+:mod:`mhe_jax.ops.cascade`): every level is a regression of 0/1 targets
+("this child holds one of the row's labels"), the beam keeps each level's
+best raw logits, and ``score(y) = z_H(y)``, the last level's logit: the
+upper levels route, the leaves rank. This is the head that
+:mod:`mhe_jax.fit` fits in closed form (ridge regression per level).
 
 Losses. Single-label: ``-score(y)`` = the sum over levels of the CE over the
 ``r_h`` children of the *true* prefix. This is the exact negative
@@ -63,6 +69,9 @@ tree. It needs the children of the ground-truth prefixes only; the
 teacher-forced beam supplies them, so a row with more than ``beam``
 distinct ground-truth prefixes at a level is trained, that step, on the
 labels under the kept ones (``|Y|`` then counts those labels).
+Multi-label with ``multilabel_loss='squared'``: the sum over levels of the
+squared error ``(z - t)^2`` of the children of the teacher-forced beam
+(all ``r_1`` groups at level 1), ``t`` the 0/1 membership target.
 
 Inference (:meth:`MHCHead.topk`) runs the beam without forcing and costs
 ``r_1 + (H-1) * beam * r_h`` logits per example instead of ``C``; it returns
@@ -125,6 +134,7 @@ def _lookup(table_n: jax.Array, idx: jax.Array) -> jax.Array:
 
 
 CHILD_EMBEDDINGS = ("gated", "table")
+MULTILABEL_LOSSES = ("bce", "softmax", "squared")
 
 
 class MHCHead(nnx.Module):
@@ -138,7 +148,8 @@ class MHCHead(nnx.Module):
     hidden: width of the projections and prefix embeddings.
     child_embedding: ``'gated'`` or ``'table'`` (see the module docstring).
     multilabel: label sets (True) or one label per example.
-    multilabel_loss: ``'bce'`` or ``'softmax'`` (multi-label only).
+    multilabel_loss: ``'bce'``, ``'softmax'`` or ``'squared'``
+      (multi-label only).
     max_k: the largest ``k`` :meth:`topk` accepts (see
       :func:`mhe_jax.ops.cascade.max_topk`); ``C`` when ``beam >= n_{H-1}``,
       at least ``(beam - 1) * r_H + 1`` otherwise.
@@ -163,8 +174,9 @@ class MHCHead(nnx.Module):
       hidden: hidden size ``>= 1`` of levels ``2 .. H``.
       multilabel: the scoring rule and loss (see the module docstring).
       multilabel_loss: with ``multilabel``, ``'bce'`` (sigmoid scores, BCE
-        over the teacher-forced beam) or ``'softmax'`` (the chain-rule
-        distribution, label-set cross-entropy); see the module docstring.
+        over the teacher-forced beam), ``'softmax'`` (the chain-rule
+        distribution, label-set cross-entropy) or ``'squared'`` (per-level
+        regressions, leaf scores); see the module docstring.
       child_embedding: ``'gated'`` (prefix embedding gating a shared output
         layer) or ``'table'`` (a vector and bias per child code), see the
         module docstring.
@@ -182,9 +194,9 @@ class MHCHead(nnx.Module):
         ``e_h``, ``normal(1 / sqrt(hidden))`` for ``t_h``.
       rngs: initialisation keys.
     """
-    if multilabel_loss not in ("bce", "softmax"):
-      raise ValueError(f"multilabel_loss must be 'bce' or 'softmax', got "
-                       f"{multilabel_loss!r}")
+    if multilabel_loss not in MULTILABEL_LOSSES:
+      raise ValueError(f"multilabel_loss must be one of {MULTILABEL_LOSSES}, "
+                       f"got {multilabel_loss!r}")
     if child_embedding not in CHILD_EMBEDDINGS:
       raise ValueError(f"child_embedding must be one of {CHILD_EMBEDDINGS}, "
                        f"got {child_embedding!r}")
@@ -204,6 +216,8 @@ class MHCHead(nnx.Module):
     self.multilabel_loss = multilabel_loss
     # Sigmoid scores per child (the BCE model), else the softmax chain.
     self.sigmoid = self.multilabel and multilabel_loss == "bce"
+    # Raw per-level logits, leaf scores (the regression rule).
+    self.regression = self.multilabel and multilabel_loss == "squared"
     self.child_embedding = child_embedding
     self.dtype = dtype
     self.max_k = cascade.max_topk(codec, self.beam)
@@ -320,10 +334,13 @@ class MHCHead(nnx.Module):
       else:
         logits_blr = self.child_logits(x_bd, level, prefix_bl)
       logp_blr = cascade.level_log_probs(logits_blr, codes_blr, self.codec,
-                                         level, multilabel=self.sigmoid)
+                                         level, multilabel=self.sigmoid,
+                                         regression=self.regression)
       digit_bl = (safe_bl // s) % r
-      total_bl = total_bl + jnp.take_along_axis(
+      picked_bl = jnp.take_along_axis(
           logp_blr, digit_bl[..., None], axis=-1)[..., 0]
+      # Regression rule: the last level's logit alone.
+      total_bl = picked_bl if self.regression else total_bl + picked_bl
     out = jnp.where(valid_bl, total_bl, -jnp.inf)
     return out[:, 0] if squeeze else out
 
@@ -348,7 +365,8 @@ class MHCHead(nnx.Module):
     return cascade.cascade_search(
         self(x_bd), lambda h, p: self.child_logits(x_bd, h, p), self.codec,
         self.beam, multilabel=self.sigmoid,
-        forced_labels=None if labels is None else self.codec.to_codes(labels))
+        forced_labels=None if labels is None else self.codec.to_codes(labels),
+        regression=self.regression)
 
   def _labels(self, x_bd: ArrayLike, labels: ArrayLike
               ) -> tuple[jax.Array, jax.Array]:
@@ -366,7 +384,7 @@ class MHCHead(nnx.Module):
     x_bd = jnp.asarray(x_bd)
     if not self.multilabel:
       loss_b = -self.log_probs(x_bd, labels)
-    elif self.sigmoid:
+    elif self.sigmoid or self.regression:
       loss_b = self._multilabel_loss(x_bd, labels)
     else:
       loss_b = self._label_set_softmax_loss(x_bd, labels)
@@ -421,7 +439,8 @@ class MHCHead(nnx.Module):
 
   def _multilabel_loss(self, x_bd: jax.Array, labels_bl: jax.Array
                        ) -> jax.Array:
-    """Per-example sum over levels of BCE over the teacher-forced beam."""
+    """Per-example sum over levels of BCE (squared error under
+    ``'squared'``) over the teacher-forced beam."""
     search = self.beam_search(x_bd, labels_bl)
     codes_bl = self.codec.to_codes(labels_bl)
     counts = cascade.valid_prefix_counts(self.codec)
@@ -433,8 +452,11 @@ class MHCHead(nnx.Module):
       codes_bn = codes.reshape(b, -1)
       truth_bl = jnp.where(codes_bl >= 0, codes_bl // s, -1)
       target_bn = cascade.is_member(codes_bn, truth_bl).astype(jnp.float32)
-      bce_bn = jax.nn.softplus(logits_bn) - target_bn * logits_bn
-      loss_b = loss_b + jnp.where(codes_bn < counts[level - 1], bce_bn,
+      if self.regression:
+        err_bn = jnp.square(logits_bn - target_bn)
+      else:
+        err_bn = jax.nn.softplus(logits_bn) - target_bn * logits_bn
+      loss_b = loss_b + jnp.where(codes_bn < counts[level - 1], err_bn,
                                   0.).sum(-1)
     return loss_b
 
@@ -479,5 +501,5 @@ class MHCHead(nnx.Module):
     x_bd = jnp.asarray(x_bd)
     scores_bk, codes_bk = cascade.cascade_topk(
         self(x_bd), lambda h, p: self.child_logits(x_bd, h, p), self.codec,
-        self.beam, k, multilabel=self.sigmoid)
+        self.beam, k, multilabel=self.sigmoid, regression=self.regression)
     return scores_bk, self.codec.to_labels(codes_bk)

@@ -5,7 +5,9 @@ classes, trained with softmax cross-entropy (single-label) or, multi-label,
 per-label sigmoid binary cross-entropy summed over the classes (Liang et
 al., TPAMI 2024, Sec. 2 "vanilla classifier") or the multi-label softmax
 (cross-entropy against the uniform distribution over the example's labels;
-``multilabel_loss='softmax'``). It is written the way a
+``multilabel_loss='softmax'``) or the squared error of the 0/1 label row
+(``multilabel_loss='squared'``: one-vs-rest least squares, what
+:mod:`mhe_jax.fit` solves in closed form). It is written the way a
 performance-minded user would write it, so that comparisons with the
 multi-head heads are fair:
 
@@ -86,7 +88,8 @@ class VanillaHead(nnx.Module):
     padded_classes: columns of the kernel, ``C`` rounded up to a multiple of
       the class-axis size (``C`` when not sharded or divisible).
     multilabel: label sets instead of one label per example.
-    multilabel_loss: ``'bce'`` or ``'softmax'``, the loss on label sets.
+    multilabel_loss: ``'bce'``, ``'softmax'`` or ``'squared'``, the loss on
+      label sets.
     dtype: the matmuls' input dtype, None: the features' and parameters'.
     kernel: ``nnx.Param [in_features, padded_classes]``.
     bias: ``nnx.Param [padded_classes]``.
@@ -94,7 +97,7 @@ class VanillaHead(nnx.Module):
 
   def __init__(self, in_features: int, num_classes: int, *,
                multilabel: bool = False,
-               multilabel_loss: Literal["bce", "softmax"] = "bce",
+               multilabel_loss: Literal["bce", "softmax", "squared"] = "bce",
                chunk_size: int | None = None,
                mesh: Mesh | AbstractMesh | None = None,
                class_axis: str = "classes",
@@ -118,6 +121,9 @@ class VanillaHead(nnx.Module):
         logits. BCE is the default by measurement: configs/delicious_best.py
         on its validation tail, P@1 / P@5 69.4 / 58.7 with BCE, 67.5 / 57.9
         with the softmax (benchmarks/results/xmc_tuning.json).
+        ``'squared'``: ``sum_c (z_c - y_c)^2`` against the 0/1 label row
+        (materialises the ``[B, C]`` logits; for the closed-form fit of
+        :mod:`mhe_jax.fit` and its evaluation, not for sharded training).
       chunk_size: classes per chunk (per device when sharded). None: the
         measured default of :mod:`mhe_jax.ops.chunked` (dense block for small
         ``B * C``, else chunks of ``DEFAULT_CHUNK_SIZE``). An int: one dense
@@ -139,9 +145,9 @@ class VanillaHead(nnx.Module):
     if int(num_classes) != num_classes or num_classes < 2:
       raise ValueError(
           f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if multilabel_loss not in ("bce", "softmax"):
-      raise ValueError(f"multilabel_loss must be 'bce' or 'softmax', got "
-                       f"{multilabel_loss!r}")
+    if multilabel_loss not in ("bce", "softmax", "squared"):
+      raise ValueError(f"multilabel_loss must be 'bce', 'softmax' or "
+                       f"'squared', got {multilabel_loss!r}")
     if int(in_features) != in_features or in_features < 1:
       raise ValueError(
           f"in_features must be a positive integer, got {in_features!r}")
@@ -223,6 +229,8 @@ class VanillaHead(nnx.Module):
     return labels
 
   def _per_example(self, x_bd: ArrayLike, labels: jax.Array) -> jax.Array:
+    if self.multilabel and self.multilabel_loss == "squared":
+      return self._squared_error(x_bd, labels)
     if not self.multilabel or self.multilabel_loss == "softmax":
       loss_fn = chunked.chunked_softmax_cross_entropy
     else:
@@ -230,6 +238,20 @@ class VanillaHead(nnx.Module):
     # Single-label: 0 for a label outside [0, C) (no label).
     return loss_fn(jnp.asarray(x_bd), self.kernel[...], self.bias[...],
                    labels, **self._op_kwargs())
+
+  def _squared_error(self, x_bd: ArrayLike, labels_bl: jax.Array
+                     ) -> jax.Array:
+    """``sum_c (z_c - y_c)^2 = sum_c z_c^2 - sum_{l in Y} (2 z_l - 1)``."""
+    z_bc = self(x_bd).astype(jnp.float32)
+    valid_bl = (labels_bl >= 0) & (labels_bl < self.num_classes)
+    # A label listed twice is one positive: count each distinct label once.
+    sorted_bl = jnp.sort(jnp.where(valid_bl, labels_bl, -1), axis=-1)
+    first_bl = jnp.concatenate(
+        [jnp.ones_like(sorted_bl[:, :1], bool),
+         sorted_bl[:, 1:] != sorted_bl[:, :-1]], axis=-1) & (sorted_bl >= 0)
+    z_bl = jnp.take_along_axis(z_bc, jnp.maximum(sorted_bl, 0), axis=-1)
+    return (jnp.square(z_bc).sum(-1)
+            - jnp.where(first_bl, 2. * z_bl - 1., 0.).sum(-1))
 
   def per_example_loss(self, x_bd: ArrayLike, labels: ArrayLike, *,
                        rng: jax.Array | None = None) -> jax.Array:
@@ -244,8 +266,8 @@ class VanillaHead(nnx.Module):
 
     Returns:
       Softmax CE, 0 for an example without a label; multi-label: BCE summed
-      over the C classes, or the label-set softmax CE (0 for a row without
-      labels).
+      over the C classes, the label-set softmax CE (0 for a row without
+      labels), or the squared error of the 0/1 label row.
     """
     del rng
     return self._per_example(x_bd, self._labels(labels))

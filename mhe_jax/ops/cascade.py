@@ -11,6 +11,19 @@ log-probabilities::
 Only the ``beam`` best prefixes of each level are expanded, so an example
 costs ``r_1 + (H-1) * beam * r_h`` scores instead of ``C``.
 
+Under the *regression* rule (``regression=True``: heads fitted by least
+squares to 0/1 membership targets, whose logits are estimates of "this
+prefix holds a true label" rather than log-probabilities) a level's score is
+its raw logit, prefixes are kept by their own level's score and a label's
+score is its last level's logit::
+
+  score(y) = z_H(y),   kept at level h: the beam best z_h among the children
+                       of the prefixes kept at level h - 1.
+
+The upper levels then route (they choose where to look) and the last level
+ranks; the sum of the levels' estimates would count a label's group
+membership once per level.
+
 Prefixes are integers: the length-``h`` prefix ``(d_1, ..., d_h)`` is the code
 ``q = sum_{i<=h} d_i * r_{i+1} * ... * r_h`` (so the length-``H`` prefix is the
 label). A prefix is *valid* if its smallest completion ``q * s_h`` is below
@@ -92,7 +105,8 @@ def _check_beam(beam: int) -> None:
 
 
 def level_log_probs(logits: ArrayLike, codes: ArrayLike, codec: LabelCodec,
-                    level: int, *, multilabel: bool) -> jax.Array:
+                    level: int, *, multilabel: bool,
+                    regression: bool = False) -> jax.Array:
   """Per-level log-probabilities of candidates, ``-inf`` for invalid codes.
 
   Args:
@@ -103,6 +117,8 @@ def level_log_probs(logits: ArrayLike, codes: ArrayLike, codec: LabelCodec,
     level: ``h`` in ``1 .. H``.
     multilabel: ``log_sigmoid`` per child (BCE model) if True, else
       ``log_softmax`` over the valid children (CE model).
+    regression: the raw logits (the regression rule; overrides
+      ``multilabel``).
 
   Returns:
     float32 ``[..., r_h]``.
@@ -110,7 +126,9 @@ def level_log_probs(logits: ArrayLike, codes: ArrayLike, codec: LabelCodec,
   n = valid_prefix_counts(codec)[level - 1]
   logits = jnp.asarray(logits).astype(jnp.float32)
   valid = jnp.asarray(codes) < n
-  if multilabel:
+  if regression:
+    logp = logits
+  elif multilabel:
     logp = jax.nn.log_sigmoid(logits)
   else:
     logp = jax.nn.log_softmax(jnp.where(valid, logits, -jnp.inf), axis=-1)
@@ -218,7 +236,8 @@ class CascadeBeam(NamedTuple):
 
 def cascade_search(first_logits: ArrayLike, child_logits: ChildLogitsFn,
                    codec: LabelCodec, beam: int, *, multilabel: bool,
-                   forced_labels: ArrayLike | None = None) -> CascadeBeam:
+                   forced_labels: ArrayLike | None = None,
+                   regression: bool = False) -> CascadeBeam:
   """Runs the beam down to level ``H`` (its last level is not selected).
 
   Args:
@@ -230,6 +249,8 @@ def cascade_search(first_logits: ArrayLike, child_logits: ChildLogitsFn,
     multilabel: scoring rule, see :func:`level_log_probs`.
     forced_labels: optional int ``[B, L]`` (or ``[B]``) labels, -1 padded,
       whose prefixes are kept first at every level (teacher forcing).
+    regression: the regression rule (module docstring): prefixes are kept
+      by their own level's logit, and ``prefix_scores`` hold it.
 
   Returns:
     A :class:`CascadeBeam`.
@@ -257,7 +278,8 @@ def cascade_search(first_logits: ArrayLike, child_logits: ChildLogitsFn,
   codes_bn = (jnp.zeros_like(first_logits, dtype=jnp.int32) +
               jnp.arange(codec.radices[0], dtype=jnp.int32))
   logp_bn = level_log_probs(jax.lax.stop_gradient(first_logits), codes_bn,
-                            codec, 1, multilabel=multilabel)
+                            codec, 1, multilabel=multilabel,
+                            regression=regression)
   prefix_bw, score_bw = select(codes_bn, logp_bn, widths[0],
                                forced=forced_at(1))
   out = CascadeBeam([prefix_bw], [score_bw], [first_logits], [codes_bn])
@@ -270,8 +292,10 @@ def cascade_search(first_logits: ArrayLike, child_logits: ChildLogitsFn,
     if level == codec.num_heads:
       break
     logp_bwr = level_log_probs(jax.lax.stop_gradient(logits_bwr), codes_bwr,
-                               codec, level, multilabel=multilabel)
-    total_bn = (score_bw[..., None] + logp_bwr).reshape(b, -1)
+                               codec, level, multilabel=multilabel,
+                               regression=regression)
+    total_bn = (logp_bwr if regression else
+                score_bw[..., None] + logp_bwr).reshape(b, -1)
     prefix_bw, score_bw = select(codes_bwr.reshape(b, -1), total_bn,
                                  widths[level - 1], forced=forced_at(level))
     out.prefixes.append(prefix_bw)
@@ -281,8 +305,12 @@ def cascade_search(first_logits: ArrayLike, child_logits: ChildLogitsFn,
 
 def cascade_topk(first_logits: ArrayLike, child_logits: ChildLogitsFn,
                  codec: LabelCodec, beam: int, k: int, *,
-                 multilabel: bool = False) -> tuple[jax.Array, jax.Array]:
+                 multilabel: bool = False,
+                 regression: bool = False) -> tuple[jax.Array, jax.Array]:
   """Top-k labels by ``sum_h log p_h`` among the labels the beam reaches.
+
+  Under ``regression`` the score is the last level's logit ``z_H(y)`` and
+  the beam keeps each level's best logits (module docstring).
 
   Exact for the labels whose every prefix was kept by the beam; when
   ``beam >= n_{H-1}`` (the beam covers every prefix) that is the exact top-k
@@ -295,6 +323,7 @@ def cascade_topk(first_logits: ArrayLike, child_logits: ChildLogitsFn,
     beam: the beam width.
     k: ``1 <= k <= max_topk(codec, beam)``.
     multilabel: scoring rule, see :func:`level_log_probs`.
+    regression: the regression rule.
 
   Returns:
     ``(scores [B, k] float32 descending, labels [B, k] int32)``; every label
@@ -307,12 +336,14 @@ def cascade_topk(first_logits: ArrayLike, child_logits: ChildLogitsFn,
         f"(at most min(beam, n_(H-1)) * r_H labels are reachable, less the "
         f"codes >= num_classes), got {k}")
   search = cascade_search(first_logits, child_logits, codec, beam,
-                          multilabel=multilabel)
+                          multilabel=multilabel, regression=regression)
   level = codec.num_heads
   logp_bwr = level_log_probs(search.logits[-1], search.child_codes[-1], codec,
-                             level, multilabel=multilabel)
+                             level, multilabel=multilabel,
+                             regression=regression)
   b = logp_bwr.shape[0]
-  total_bn = (search.prefix_scores[-1][..., None] + logp_bwr).reshape(b, -1)
+  total_bn = (logp_bwr if regression else
+              search.prefix_scores[-1][..., None] + logp_bwr).reshape(b, -1)
   scores_bk, idx_bk = jax.lax.top_k(total_bn, int(k))
   labels_bk = jnp.take_along_axis(search.child_codes[-1].reshape(b, -1),
                                   idx_bk, axis=-1)
