@@ -29,7 +29,8 @@ are updated: lazy Adam, :class:`mhe_jax.nn.mhs.SparseUpdateOptimizer`) and
 two). A step samples ``max(budget, B)`` groups (every batch label's group
 must fit), so with B=256 a budget below 256 samples 256 groups.
 ``--merge`` adds the rows run to the ``--out`` JSON, replacing rows of the
-same head and C and keeping the rest.
+same head, C and batch and keeping the rest; a row of another batch than
+the file's is labelled with it (``mhs_sparse B=64``).
 
 Each point first compiles the train step from abstract shapes (nothing
 allocated) and is skipped, with its compiled memory and the reason, when
@@ -44,6 +45,9 @@ throughput against C, one line per head).
   python benchmarks/scale.py --plot_from=benchmarks/results/scale.json
   python benchmarks/scale.py --heads=mhs_dense,mhs_sparse,mhs_sparse_momentum \
       --classes=1e5,1e6,1e7 --merge              # the sparse-update rows
+  python benchmarks/scale.py --heads=mhs_dense,mhs_sparse,mhs_sparse_momentum \
+      --classes=1e5,1e6,3e6,1e7 --batch=64 --sparse_groups=64 \
+      --memory_budget_gb=16 --merge              # ... at 64 of r_1 groups
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ _SPARSE_GROUPS = flags.DEFINE_integer(
     "mhs_sparse_momentum rows (a step samples max(budget, batch) groups).")
 _MERGE = flags.DEFINE_bool(
     "merge", False, "Add the rows to the --out JSON (replacing rows of the "
-    "same head and C) instead of overwriting it.")
+    "same head, C and batch) instead of overwriting it.")
 
 # Defaults of the shared heads.py flags for this benchmark (see the README).
 FLAGS.set_default("classes", ["1e4", "3e4", "1e5", "3e5", "1e6", "3e6", "1e7",
@@ -159,7 +163,7 @@ def run_point(name: str, num_classes: int) -> dict:
                                           num_classes),
              rss_base_bytes=_rss_peak_bytes())
   if budget_head:
-    row["sampled_groups"] = _SPARSE_GROUPS.value
+    row.update(sampled_groups=_SPARSE_GROUPS.value, batch=FLAGS.batch)
   t0 = time.perf_counter()
   compiled, init, graphdef = compile_step(name, num_classes)
   row["compile_seconds"] = time.perf_counter() - t0
@@ -214,9 +218,20 @@ def _fmt_bytes(b) -> str:
   return f"{b / GB:,.2f} GiB" if b >= 0.1 * GB else f"{b / 2**20:,.1f} MiB"
 
 
+def _label(row: dict, meta: dict) -> str:
+  """A row's column: its head, and its batch where not the run's."""
+  batch = row.get("batch", meta["batch"])
+  return row["head"] + ("" if batch == meta["batch"] else f" B={batch}")
+
+
+def _key(row: dict, meta: dict) -> tuple:
+  return _label(row, meta), row["num_classes"]
+
+
 def markdown_table(results: dict) -> str:
   """One row per C, one column per head: time, memory, throughput."""
-  rows = results["rows"]
+  meta = results["meta"]
+  rows = [dict(r, head=_label(r, meta)) for r in results["rows"]]
   names = list(dict.fromkeys(r["head"] for r in rows))
   lines = ["| C | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
   for c in sorted({r["num_classes"] for r in rows}):
@@ -244,8 +259,8 @@ def plot(results: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  rows = results["rows"]
   meta = results["meta"]
+  rows = [dict(r, head=_label(r, meta)) for r in results["rows"]]
   names = list(dict.fromkeys(r["head"] for r in rows))
   panels = (("train step (s)", lambda r: r["seconds"]),
             ("train-step memory, compiled (GiB)",
@@ -327,9 +342,11 @@ def main(argv):
   out = pathlib.Path(FLAGS.out)
   if _MERGE.value and out.exists():
     results = json.loads(out.read_text())
-    new = {(r["head"], r["num_classes"]) for r in rows}
+    for r in rows:
+      r.setdefault("batch", FLAGS.batch)
+    new = {_key(r, results["meta"]) for r in rows}
     results["rows"] = [r for r in results["rows"]
-                       if (r["head"], r["num_classes"]) not in new] + rows
+                       if _key(r, results["meta"]) not in new] + rows
     results["meta"].setdefault("merged", []).append(dict(
         meta, heads=list(FLAGS.heads), classes=list(FLAGS.classes),
         sparse_groups=_SPARSE_GROUPS.value))
