@@ -761,7 +761,7 @@ class Server:
     start = time.perf_counter()
     for k in self.warmup_k:
       self.predictor.warmup(k)
-      if self.parser.kind == "items":  # Predictor.warmup skips item inputs
+      if self.parser.kind == "items":  # item buckets run through predict too
         for b in self.predictor.batch_sizes:
           rows = np.zeros((b, self.parser.max_len), np.int32)
           self.predictor.predict({"items": rows}, k)
