@@ -5,13 +5,16 @@ trained (from ``workdir/config.json`` and ``workdir/model_info.json``, which the
 trainer writes next to its checkpoints, so the training data is not needed)
 and restores only the model's part of the newest (or a chosen) orbax
 checkpoint, on one device. The returned :class:`Predictor` decodes a batch to
-its top-k labels with the head's own exact decoder (``model.topk``), jitted
-once per *bucket*: a chunk of ``n`` rows is padded up to the smallest batch
-bucket ``>= n`` (default ``(1, 8, 64, 512)``; larger requests run in
-chunks), and bag-of-words rows, sorted by length, to the smallest feature
-width bucket (8, 16, 32, ... up to the training run's longest row) that
-holds the chunk's longest row, so serving requests of any size never
-recompiles after :meth:`Predictor.warmup`.
+its top-k labels with the head's own exact decoder (``model.topk``),
+compiled once per *bucket*: a chunk of ``n`` rows is padded up to the
+smallest batch bucket ``>= n`` (default ``(1, 8, 64, 512)``; larger requests
+run in chunks), and bag-of-words rows, sorted by length, to the smallest
+feature width bucket (8, 16, 32, ... up to the training run's longest row)
+that holds the chunk's longest row, so serving requests of any size never
+recompiles after :meth:`Predictor.warmup`. :meth:`Predictor.predict_one`
+answers one example (``indices, values``) with numpy-only input conversion
+and one compiled call (docs/inference.md, "One-request latency": where its
+time goes). A Predictor may be called from several threads at once.
 
 Inputs to :meth:`Predictor.predict` (``N`` examples):
 
@@ -51,6 +54,7 @@ import os
 import pathlib
 import re
 import tempfile
+import threading
 import time
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -83,6 +87,9 @@ CHECKPOINT_DIR = "checkpoints"
 PERMUTATION_FILE = "label_permutation.npy"
 LABEL_FEATURES_FILE = "label_features.npz"
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512)
+# CPU programs of at most this many rows are compiled without intra-op
+# parallel loops (see Predictor._program).
+SERIAL_BATCH = 8
 _BOW_KEYS = ("feature_ids", "feature_values")
 _TOKEN_KEYS = ("features",)
 _EXPORT_FILE = "predict.jaxexport"
@@ -335,16 +342,35 @@ def _fit_width(ids: np.ndarray, values: np.ndarray,
   return out_ids, out_values
 
 
+@dataclasses.dataclass(frozen=True)
+class _Weights:
+  """A Predictor's weights, flattened once, and the programs compiled for
+  them, keyed by ``(k, input shapes and dtypes)``."""
+
+  state: nnx.State
+  leaves: list[Any]
+  treedef: Any
+  avals: tuple[Any, ...]
+  sharding: jax.sharding.Sharding | None
+  platform: str
+  programs: dict[tuple[Any, ...], tuple[Any, bool]]
+
+
 class Predictor:
-  """A trained model, jitted for top-k prediction on fixed batch buckets.
+  """A trained model, compiled for top-k prediction on fixed batch buckets.
 
   Build with :func:`load`. A request of ``n`` rows runs as chunks of at
   most the largest batch bucket, each padded to the smallest bucket that
   holds it; bag-of-words rows are sorted by length and each chunk is padded
   to its feature-width bucket (rows longer than the training width: the
   next power of two, compiled on first use). Each (bucket, width, k) is
-  compiled once; :meth:`warmup` compiles all of them ahead of time.
-  Results come back in the request's row order.
+  compiled once, ahead of time (``jax.jit(...).lower(...).compile()``), as
+  a program of the model's flattened weight arrays and the inputs, so a call
+  neither flattens the ``nnx.State`` pytree nor looks up a jit cache; it
+  returns scores and labels in one array (one device-to-host copy).
+  :meth:`warmup` compiles every bucket ahead of time. Results come back in
+  the request's row order. :meth:`predict_one` answers one example with the
+  least host work per request.
 
   Attributes:
     num_classes: C.
@@ -355,6 +381,7 @@ class Predictor:
     batch_sizes: the batch buckets, ascending.
     widths: the feature-width buckets (bag-of-words models).
     max_k: the largest k the head's decoder accepts.
+    num_traces: programs compiled so far (one per bucket, width and k).
   """
 
   def __init__(self, graphdef: nnx.GraphDef, state: nnx.State,
@@ -364,6 +391,8 @@ class Predictor:
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
       raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
+    self._compile_lock = threading.Lock()
+    self._weights: _Weights | None = None
     self.graphdef, self.state = graphdef, state
     self.name = name
     self.num_classes = int(info["num_classes"])
@@ -373,7 +402,7 @@ class Predictor:
     self.context = info.get("context")
     self.max_len = info.get("max_len")  # item sequences: positions T
     self.max_features = info.get("max_features") or 1
-    self.max_cells = sizes[-1] * 64  # feature slots per chunk (see _run)
+    self.max_cells = sizes[-1] * 16  # feature slots per chunk (see _run)
     self.widths = tuple(sorted(
         {min(2**i, self.max_features) for i in range(3, 32)
          if 2**(i - 1) < self.max_features} | {self.max_features}))
@@ -385,18 +414,99 @@ class Predictor:
     model = nnx.merge(graphdef, state)
     head = getattr(model, "head", model)  # whole-model methods have no head
     self.max_k = int(getattr(head, "max_k", self.num_classes))
+    self._checked_k: set[int] = set()  # ks check_k accepted (predict_one)
     self.num_traces = 0
-    self._topk = jax.jit(self._topk_fn, static_argnums=2)
 
-  # ------------------------------------------------------------- jitted
-  def _topk_fn(self, state, inputs, k):
-    self.num_traces += 1  # Python side effect: runs once per compilation.
-    model = nnx.merge(self.graphdef, state)
-    return model.topk(dict(zip(self.input_keys, inputs)), k)
+  @property
+  def state(self) -> nnx.State:
+    """The model's state; setting it re-flattens the weights once."""
+    return self._weights.state
+
+  @state.setter
+  def state(self, state: nnx.State) -> None:
+    leaves, treedef = jax.tree.flatten(state)
+    avals = tuple(jax.typeof(l) for l in leaves)
+    devices = {d for l in leaves if isinstance(l, jax.Array)
+               for d in l.devices()}
+    if len(devices) > 1:
+      raise ValueError(f"a Predictor's weights live on one device, got "
+                       f"{sorted(map(str, devices))}")
+    device = devices.pop() if devices else None
+    sharding = None if device is None else jax.sharding.SingleDeviceSharding(
+        device)
+    platform = jax.default_backend() if device is None else device.platform
+    old = self._weights
+    programs = ({} if old is None or (old.treedef, old.avals, old.sharding)
+                != (treedef, avals, sharding) else old.programs)
+    # One assignment: a request running in another thread sees the old
+    # weights with their programs or the new ones with theirs.
+    self._weights = _Weights(state, leaves, treedef, avals, sharding,
+                             platform, programs)
+
+  # ------------------------------------------------------------- compiled
+  def _program(self, weights: _Weights, inputs: Sequence[np.ndarray],
+               k: int) -> tuple[Any, bool]:
+    """The compiled program for these input shapes and ``k`` (built once)."""
+    key = (k, *((a.shape, a.dtype) for a in inputs))
+    program = weights.programs.get(key)
+    if program is not None:
+      return program
+    with self._compile_lock:
+      program = weights.programs.get(key)
+      if program is not None:  # another thread compiled it meanwhile
+        return program
+      graphdef, treedef, keys = self.graphdef, weights.treedef, self.input_keys
+
+      def topk(leaves, inputs):
+        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        scores, labels = model.topk(dict(zip(keys, inputs)), k)
+        if scores.dtype == jnp.float32 and labels.dtype == jnp.int32:
+          # One output array, so one device-to-host copy: int32 [B, 2k], the
+          # scores' bits in columns :k (moved as integers, never as floats).
+          return jnp.concatenate(
+              [jax.lax.bitcast_convert_type(scores, jnp.int32), labels], axis=1)
+        return scores, labels
+
+      specs = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                         sharding=weights.sharding)
+                    for a in inputs)
+      lowered = jax.jit(topk).lower(weights.leaves, specs)
+      packed = isinstance(lowered.out_info, jax.ShapeDtypeStruct)
+      options = None
+      if weights.platform == "cpu" and inputs[0].shape[0] <= SERIAL_BATCH:
+        # A small batch runs as one thread: XLA's CPU compiler would split
+        # its larger loops across the intra-op thread pool, and the hand-off
+        # and the weights' cache misses on another core cost more than the
+        # split saves (Delicious MHP, batch 1: 71 -> 49 us a call).
+        options = {"xla_disable_hlo_passes": "cpu-parallel-task-assigner"}
+      program = (lowered.compile(compiler_options=options), packed)
+      self.num_traces += 1
+      weights.programs[key] = program
+    return program
+
+  def _call(self, inputs: Sequence[np.ndarray], k: int):
+    """Dispatches one chunk: ``(device output, packed?)``, asynchronously."""
+    weights = self._weights  # one read: weights and programs that match
+    compiled, packed = self._program(weights, inputs, k)
+    return compiled(weights.leaves, tuple(inputs)), packed
+
+  @staticmethod
+  def _fetch(out, packed: bool, k: int,
+             rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Host ``(scores [rows, k], labels [rows, k])`` of a dispatched chunk."""
+    if packed:
+      host = np.asarray(out)[:rows]
+      return host[:, :k].view(np.float32), host[:, k:]
+    scores, labels = out
+    return np.asarray(scores)[:rows], np.asarray(labels)[:rows]
 
   @property
   def is_bag_of_words(self) -> bool:
     return self.input_keys == _BOW_KEYS
+
+  @property
+  def _is_token_model(self) -> bool:
+    return self.input_keys == _TOKEN_KEYS and self.context is not None
 
   def check_k(self, k: int) -> int:
     """``k`` as an int, or a ValueError naming the class count."""
@@ -429,27 +539,21 @@ class Predictor:
         features = features[0]
     if self.is_bag_of_words:
       return self._bow_inputs(features, width)
-    if self.input_keys == _TOKEN_KEYS and self.context is not None:
+    if self._is_token_model:
       return self._token_inputs(features)
     arrays = features if isinstance(features, tuple) else (features,)
-    return tuple(np.asarray(a) for a in arrays)
+    arrays = tuple(np.asarray(a) for a in arrays)
+    # The dtypes the programs take (int64 -> int32 without jax_enable_x64),
+    # so that each request shape compiles once.
+    return tuple(a if a.dtype == jax.dtypes.canonicalize_dtype(a.dtype)
+                 else a.astype(jax.dtypes.canonicalize_dtype(a.dtype))
+                 for a in arrays)
 
   def _bow_inputs(self, features, width):
     if isinstance(features, formats.XMCData):
       features = features.X
     if sp.issparse(features):
-      m = sp.csr_matrix(features)
-      if m.shape[1] > self.input_size and m.nnz:
-        top = int(m.indices.max())
-        if top >= self.input_size:
-          row = int(np.searchsorted(m.indptr, np.flatnonzero(
-              m.indices == top)[0], side="right") - 1)
-          raise ValueError(
-              f"feature index {top} in row {row} is beyond the model's input "
-              f"size {self.input_size} (valid indices 0..{self.input_size - 1})")
-      longest = int(np.diff(m.indptr).max()) if m.shape[0] else 0
-      padded = formats.XMCData(m, sp.csr_matrix((m.shape[0], 0), dtype=np.float32))
-      return padded.padded_features(width or max(longest, 1))
+      return self._csr_inputs(features, width)
     if not (isinstance(features, tuple) and len(features) == 2):
       raise TypeError(
           "a bag-of-words model takes an XMCData, a scipy sparse matrix, or "
@@ -457,6 +561,9 @@ class Predictor:
     ids = np.asarray(features[0])
     values = np.asarray(features[1], np.float32)
     if ids.ndim == 1:
+      row = self._bow_row(ids, values, width)
+      if row is not None:
+        return row
       ids, values = ids[None], values[None]
     if ids.ndim != 2 or ids.shape != values.shape:
       raise ValueError(f"indices and values must both be [N, M], got "
@@ -484,6 +591,44 @@ class Predictor:
     ids, values = _fit_width(np.where(valid, ids, -1).astype(np.int32),
                              np.where(valid, values, 0).astype(np.float32),
                              width or max(longest, 1))
+    return ids, values
+
+  def _csr_inputs(self, m: sp.spmatrix,
+                  width: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Padded ``(ids, values)`` of sparse rows, read from the CSR arrays
+    with numpy (no scipy operation on a CSR matrix whose indices are
+    sorted; other formats are converted to one first)."""
+    if m.format != "csr":
+      m = m.tocsr()
+    if not m.has_sorted_indices:  # rows in feature order, as in training
+      m = m.sorted_indices()
+    indptr, indices = m.indptr, m.indices
+    n, nnz = m.shape[0], int(indptr[-1] - indptr[0])
+    if m.shape[1] > self.input_size and nnz:
+      top = int(indices[indptr[0]:indptr[-1]].max())
+      if top >= self.input_size:
+        at = indptr[0] + int(np.argmax(indices[indptr[0]:indptr[-1]] == top))
+        row = int(np.searchsorted(indptr, at, side="right") - 1)
+        raise ValueError(
+            f"feature index {top} in row {row} is beyond the model's input "
+            f"size {self.input_size} (valid indices 0..{self.input_size - 1})")
+    counts = np.diff(indptr)
+    longest = int(counts.max()) if n else 0
+    if width is None:
+      width = max(longest, 1)
+    elif longest > width:
+      raise ValueError(f"row {int(np.argmax(counts))} has {longest} "
+                       f"features, more than the padded width {width}")
+    ids = np.full((n, width), -1, np.int32)
+    values = np.zeros((n, width), np.float32)
+    if n == 1:
+      ids[0, :nnz] = indices[indptr[0]:indptr[1]]
+      values[0, :nnz] = m.data[indptr[0]:indptr[1]]
+    elif nnz:
+      rows = np.repeat(np.arange(n), counts)
+      cols = np.arange(nnz) - np.repeat(indptr[:-1] - indptr[0], counts)
+      ids[rows, cols] = indices[indptr[0]:indptr[-1]]
+      values[rows, cols] = m.data[indptr[0]:indptr[-1]]
     return ids, values
 
   def _width(self, longest: int) -> int:
@@ -544,7 +689,10 @@ class Predictor:
     only to its longest row's width bucket; a chunk of long rows uses a
     smaller batch bucket, so that a chunk holds at most ``max_cells``
     feature slots (Delicious' median row has 6 features, its longest 335:
-    padding every row to 335 made a test-set pass 5x slower).
+    padding every row to 335 makes a test-set pass 5x slower). ``max_cells``
+    is 16 x the largest bucket, so that a chunk's gathered embedding rows
+    stay small (Delicious MHP test set on 2 CPU cores: 103k examples/s,
+    62k at 64 x).
     """
     n = inputs[0].shape[0]
     order = lengths = None
@@ -572,7 +720,7 @@ class Predictor:
         chunk = [np.concatenate(
             [a, np.full((size - m,) + a.shape[1:], -1 if a.dtype.kind == "i"
                         else 0, a.dtype)]) for a in chunk]
-      outs.append((m, self._topk(self.state, tuple(chunk), k)))
+      outs.append((m, *self._call(chunk, k)))
       start += m
     return order, outs
 
@@ -598,28 +746,138 @@ class Predictor:
       return Prediction(empty.astype(np.float32), empty.astype(np.int32),
                         None if self._names is None else empty.astype(object))
     order, outs = self._run(inputs, k)
-    scores = np.concatenate([np.asarray(s)[:r] for r, (s, _) in outs])
-    labels = np.concatenate([np.asarray(l)[:r] for r, (_, l) in outs])
+    parts = [self._fetch(out, packed, k, r) for r, out, packed in outs]
+    scores = np.concatenate([s for s, _ in parts])
+    labels = np.concatenate([l for _, l in parts])
     if order is not None:
       scores[order], labels[order] = scores.copy(), labels.copy()
     names = None if self._names is None else self._names[labels]
     return Prediction(scores, labels.astype(np.int32), names)
 
   def warmup(self, k: int = 5) -> None:
-    """Compiles every (batch bucket, feature-width bucket) program for k.
+    """Compiles and runs every (batch bucket, feature-width bucket) program.
 
-    After it, requests whose rows are at most the training width long never
-    compile.
+    After it, requests for this ``k`` whose rows are at most the training
+    width long never compile (next-token and item-sequence models: every
+    request of this ``k``).
     """
     k = self.check_k(k)
     for b in self.batch_sizes:
       if self.is_bag_of_words:
         for w in self.widths:
           inputs = (np.full((b, w), -1, np.int32), np.zeros((b, w), np.float32))
-          jax.block_until_ready(self._topk(self.state, inputs, k))
+          jax.block_until_ready(self._call(inputs, k)[0])
       elif self.context is not None:
         inputs = (np.zeros((b, self.context), np.int32),)
-        jax.block_until_ready(self._topk(self.state, inputs, k))
+        jax.block_until_ready(self._call(inputs, k)[0])
+      elif self.input_keys == ("items",) and self.max_len:
+        inputs = (np.full((b, self.max_len), -1, np.int32),)
+        jax.block_until_ready(self._call(inputs, k)[0])
+
+  def predict_one(self, *row: Any, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k labels of one example, with the least host work per request.
+
+    The same program and the same result as ``predict`` on that one row,
+    without the batch machinery: a bag-of-words row of ``M`` features is
+    copied into the batch-1 bucket of its width bucket with numpy only
+    (no scipy, no sorting), the compiled program runs on the flattened
+    weights, and one host copy brings back scores and labels. Inputs it does
+    not take directly (padding ids, other shapes) go through
+    :meth:`to_inputs`, with its checks and errors.
+
+    Args:
+      *row: bag-of-words models: ``indices, values``, int and float ``[M]``
+        (any order; negative indices are padding); next-token models: one
+        int ``[context]`` token row or one text; item-sequence models: one
+        ``[T]`` item row (-1 padded), or a dict of the model's input arrays
+        for the one example.
+      k: labels, ``1 <= k <= max_k``.
+
+    Returns:
+      ``(scores [k] float32, labels [k] int32)``, best first.
+
+    Raises:
+      ValueError: as :meth:`predict` (k out of range, a feature index beyond
+        the model's input size, non-finite values, malformed arrays), or
+        when ``row`` holds more than one example.
+    """
+    if type(k) is not int or k not in self._checked_k:  # pylint: disable=unidiomatic-typecheck
+      k = self.check_k(k)
+      self._checked_k.add(k)
+    inputs = None
+    if self.is_bag_of_words and len(row) == 2:
+      inputs = self._bow_row(np.asarray(row[0]), np.asarray(row[1], np.float32),
+                             -1)
+    if inputs is None:
+      inputs = self._one_row(row)
+    b = self.batch_sizes[0]
+    if b > 1:
+      inputs = [np.concatenate(
+          [a, np.full((b - 1,) + a.shape[1:], -1 if a.dtype.kind == "i"
+                      else 0, a.dtype)]) for a in inputs]
+    out, packed = self._call(inputs, k)
+    if packed:
+      host = np.asarray(out)[0]
+      return host[:k].view(np.float32).copy(), host[k:].copy()
+    scores, labels = out
+    return np.asarray(scores)[0].copy(), np.asarray(labels)[0].copy()
+
+  def _bow_row(self, ids: np.ndarray, values: np.ndarray,
+               width: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """One row of ``M`` features as ``[1, width]`` arrays (``width``:
+    default ``max(M, 1)``; ``-1``: its width bucket), with numpy only.
+
+    Returns None when the row is not of the common form (1-D integer ids
+    without padding, float values of the same shape): the general path then
+    checks it and says what is wrong.
+    """
+    if (ids.ndim != 1 or values.shape != ids.shape
+        or ids.dtype.kind not in "iu"):
+      return None
+    m = ids.shape[0]
+    if m:
+      if ids.min() < 0:  # padding among the ids: the general path moves it
+        return None
+      if ids.max() >= self.input_size:
+        c = int(np.argmax(ids >= self.input_size))
+        raise ValueError(
+            f"feature index {ids[c]} in row 0 is beyond the model's input "
+            f"size {self.input_size} (valid indices 0..{self.input_size - 1})")
+      if not np.isfinite(values).all():
+        raise ValueError("feature values must be finite")
+    if width is None:
+      width = max(m, 1)
+    elif width < 0:
+      width = self._width(m)
+    elif m > width:
+      raise ValueError(f"a row has {m} features, more than width={width}")
+    out_ids = np.full((1, width), -1, np.int32)
+    out_values = np.zeros((1, width), np.float32)
+    out_ids[0, :m] = ids
+    out_values[0, :m] = values
+    return out_ids, out_values
+
+  def _one_row(self, row: tuple[Any, ...]) -> list[np.ndarray]:
+    """One example's model inputs through :meth:`to_inputs` (its checks)."""
+    features = row[0] if len(row) == 1 else tuple(row)
+    if isinstance(features, str):
+      features = [features]  # one text
+    elif not (self.is_bag_of_words or self._is_token_model):
+      # to_inputs reads these as [N, ...] batches: add the batch axis.
+      if isinstance(features, Mapping):
+        features = {key: np.asarray(a)[None] for key, a in features.items()}
+      elif isinstance(features, tuple):
+        features = tuple(np.asarray(a)[None] for a in features)
+      else:
+        features = np.asarray(features)[None]
+    inputs = self.to_inputs(features)
+    if inputs[0].shape[0] != 1:
+      raise ValueError(f"predict_one takes one example, got "
+                       f"{inputs[0].shape[0]} rows")
+    if self.is_bag_of_words:
+      length = int((inputs[0] >= 0).sum())
+      inputs = _fit_width(*inputs, self._width(length))
+    return list(inputs)
 
   # ----------------------------------------------------------- streaming
   def predict_file(self, input_path: PathLike, output_path: PathLike, *,
