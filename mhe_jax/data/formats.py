@@ -96,7 +96,9 @@ class XMCData:
     Labels in each row are sorted ascending. ``max_labels`` defaults to the
     largest row; a smaller value raises instead of dropping labels.
     """
-    return _csr_to_padded(self.Y, max_labels, "labels")[0]
+    y = sorted_csr(self.Y)
+    return padded_rows(y, row_width(y, max_labels, "labels"),
+                       with_values=False)[0]
 
   def padded_features(
       self, max_features: int | None = None
@@ -106,7 +108,8 @@ class XMCData:
     Indices are sorted per row and padded with -1, values padded with 0;
     ``max_features`` works as ``max_labels`` in :meth:`padded_labels`.
     """
-    return _csr_to_padded(self.X, max_features, "features")
+    x = sorted_csr(self.X)
+    return padded_rows(x, row_width(x, max_features, "features"))
 
   def equals(self, other: XMCData, *, check_label_names: bool = True) -> bool:
     """Whether both hold exactly the same matrices (and label names).
@@ -137,27 +140,127 @@ def _csr_equal(a: sp.spmatrix, b: sp.spmatrix) -> bool:
           and np.array_equal(a.data, b.data))
 
 
-def _csr_to_padded(
-    m: sp.csr_matrix, width: int | None, what: str
-) -> tuple[np.ndarray, np.ndarray]:
+# ----------------------------------------------------------------------------
+# CSR rows as fixed-width arrays.
+
+
+def sorted_csr(m: sp.spmatrix) -> sp.csr_matrix:
+  """``m`` as CSR with indices sorted within rows (copied only to sort)."""
   m = sp.csr_matrix(m)
-  m.sort_indices()
+  if not m.has_sorted_indices:
+    m = m.sorted_indices()
+  return m
+
+
+def row_width(m: sp.csr_matrix, width: int | None, what: str) -> int:
+  """The padded width of ``m``'s rows: ``width``, or the longest row's.
+
+  Args:
+    m: ``[N, F]`` CSR matrix.
+    width: the requested width; None for the longest row (0 if none).
+    what: what a row holds, for the error (e.g. ``"labels"``).
+
+  Raises:
+    ValueError: a row has more than ``width`` entries.
+  """
   counts = np.diff(m.indptr)
   longest = int(counts.max()) if counts.size else 0
   if width is None:
-    width = longest
-  elif longest > width:
+    return longest
+  if longest > width:
     row = int(np.argmax(counts))
-    raise ValueError(
-        f"row {row} has {longest} {what}, more than the padded width {width}")
-  n = m.shape[0]
-  idx = np.full((n, width), -1, np.int32)
-  val = np.zeros((n, width), np.float32)
-  rows = np.repeat(np.arange(n), counts)
-  cols = np.arange(m.nnz) - np.repeat(m.indptr[:-1], counts)
-  idx[rows, cols] = m.indices
-  val[rows, cols] = m.data
-  return idx, val
+    raise ValueError(f"row {row} has {longest} {what}, more than the given "
+                     f"maximum {width}")
+  return int(width)
+
+
+def padded_rows(
+    m: sp.csr_matrix, width: int, rows: np.ndarray | None = None, *,
+    with_values: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """CSR rows as -1 padded ids and 0 padded values, ``[B, width]``.
+
+  The layout every sparse input of the models reads: row ``b`` holds the
+  column ids (and values) of its row of ``m`` left-aligned, in ``m``'s order
+  within the row (ascending for :func:`sorted_csr` input).
+
+  Args:
+    m: ``[N, F]`` CSR matrix whose rows hold at most ``width`` entries (see
+      :func:`row_width`, :func:`keep_largest`).
+    width: W.
+    rows: int ``[B]`` rows to take, -1 for an all-padding row; None: all N.
+    with_values: also return the values.
+
+  Returns:
+    ``ids`` int32 ``[B, W]`` and ``values`` float32 ``[B, W]`` (None without
+    ``with_values``).
+
+  Example:
+
+    >>> import numpy as np, scipy.sparse as sp
+    >>> m = sp.csr_matrix(np.array([[0., 2., 3.], [0., 0., 0.], [4., 0., 0.]]))
+    >>> ids, values = padded_rows(m, 2, np.array([2, -1, 0]))
+    >>> ids.tolist(), values.tolist()
+    ([[0, -1], [-1, -1], [1, 2]], [[4.0, 0.0], [0.0, 0.0], [2.0, 3.0]])
+  """
+  if rows is None:
+    starts = m.indptr[:-1]
+    counts = np.diff(m.indptr)
+  else:
+    valid = rows >= 0
+    safe = np.where(valid, rows, 0)
+    starts = m.indptr[safe]
+    counts = np.where(valid, m.indptr[safe + 1] - starts, 0)
+  b = counts.shape[0]
+  ids = np.full((b, width), -1, np.int32)
+  values = np.zeros((b, width), np.float32) if with_values else None
+  total = int(counts.sum())
+  if total:
+    offsets = np.cumsum(counts) - counts
+    out_rows = np.repeat(np.arange(b), counts)
+    cols = np.arange(total) - np.repeat(offsets, counts)
+    src = cols + np.repeat(starts, counts)
+    ids[out_rows, cols] = m.indices[src]
+    if with_values:
+      values[out_rows, cols] = m.data[src]
+  return ids, values
+
+
+def keep_largest(m: sp.spmatrix, width: int,
+                 weights: np.ndarray | None = None) -> sp.csr_matrix:
+  """Each row's ``width`` entries of largest ``|value * weights[column]|``.
+
+  Ties go to the lower column; kept entries stay in column order. Rows with
+  at most ``width`` entries are unchanged.
+
+  Args:
+    m: ``[N, F]`` sparse matrix.
+    width: entries kept per row, ``>= 1``.
+    weights: optional float ``[F]`` column weights of the ranking (e.g. the
+      idf, to keep the largest tf-idf); None ranks by ``|value|``.
+
+  Returns:
+    CSR ``[N, F]`` with sorted indices and ``m``'s value dtype.
+  """
+  if int(width) != width or width < 1:
+    raise ValueError(f"width must be an integer >= 1, got {width!r}")
+  m = sorted_csr(m)
+  counts = np.diff(m.indptr)
+  if counts.size == 0 or counts.max() <= width:
+    return m
+  rows = np.repeat(np.arange(m.shape[0]), counts)
+  key = np.abs(m.data.astype(np.float64))
+  if weights is not None:
+    key = key * np.asarray(weights, np.float64)[m.indices]
+  # Within each row: by key descending, then column ascending.
+  order = np.lexsort((m.indices, -key, rows))
+  rank = np.arange(order.size) - np.repeat(m.indptr[:-1], counts)
+  keep = np.zeros(order.size, bool)
+  keep[order[rank < width]] = True
+  kept = sp.csr_matrix((m.data[keep], m.indices[keep],
+                        np.concatenate([[0], np.cumsum(
+                            np.minimum(counts, width))])), shape=m.shape)
+  return kept
 
 
 # ----------------------------------------------------------------------------

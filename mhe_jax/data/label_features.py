@@ -34,6 +34,8 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from mhe_jax.data import formats
+
 _WORD_RE = re.compile(r"[^\W_]+")
 
 
@@ -117,23 +119,9 @@ def padded_rows(m: sp.spmatrix, width: int, *,
     ``ids`` int32 ``[R, width]`` ascending, -1 padded, and ``values`` float32
     ``[R, width]``, 0 padded.
   """
-  if width < 1:
-    raise ValueError(f"width must be >= 1, got {width}")
   m = sp.csr_matrix(m, dtype=np.float32)
   m.sum_duplicates()
-  ids = np.full((m.shape[0], width), -1, np.int32)
-  values = np.zeros((m.shape[0], width), np.float32)
-  for r in range(m.shape[0]):
-    lo, hi = m.indptr[r], m.indptr[r + 1]
-    cols, vals = m.indices[lo:hi], m.data[lo:hi]
-    if cols.size > width:
-      key = np.abs(vals * (weights[cols] if weights is not None else 1.))
-      keep = np.lexsort((cols, -key))[:width]
-      cols, vals = cols[keep], vals[keep]
-    order = np.argsort(cols, kind="stable")
-    ids[r, :cols.size] = cols[order]
-    values[r, :cols.size] = vals[order]
-  return ids, values
+  return formats.padded_rows(formats.keep_largest(m, width, weights), width)
 
 
 LABEL_FEATURES = ("auto", "names", "mean", "both")

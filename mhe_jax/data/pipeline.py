@@ -75,7 +75,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import numpy as np
-import scipy.sparse as sp
 
 from mhe_jax import _extras
 
@@ -84,6 +83,10 @@ with _extras.requires("train"):
 
 from mhe_jax.data.corpus import Corpus
 from mhe_jax.data.formats import XMCData
+from mhe_jax.data.formats import keep_largest
+from mhe_jax.data.formats import padded_rows
+from mhe_jax.data.formats import row_width
+from mhe_jax.data.formats import sorted_csr
 from mhe_jax.data.interactions import EvalExamples
 from mhe_jax.data.interactions import Sequences
 
@@ -119,85 +122,6 @@ class Source(Protocol):
 # Sources.
 
 
-def _padded_rows(
-    m: sp.csr_matrix, rows: np.ndarray, width: int, with_values: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-  """CSR rows (-1: empty row) as -1 padded ``[B, width]`` indices, values."""
-  valid = rows >= 0
-  safe = np.where(valid, rows, 0)
-  starts = m.indptr[safe]
-  counts = np.where(valid, m.indptr[safe + 1] - starts, 0)
-  b = rows.shape[0]
-  idx = np.full((b, width), -1, np.int32)
-  val = np.zeros((b, width), np.float32) if with_values else None
-  total = int(counts.sum())
-  if total:
-    offsets = np.cumsum(counts) - counts
-    out_rows = np.repeat(np.arange(b), counts)
-    cols = np.arange(total) - np.repeat(offsets, counts)
-    src = cols + np.repeat(starts, counts)
-    idx[out_rows, cols] = m.indices[src]
-    if with_values:
-      val[out_rows, cols] = m.data[src]
-  return idx, val
-
-
-def _row_width(m: sp.csr_matrix, width: int | None, what: str) -> int:
-  counts = np.diff(m.indptr)
-  longest = int(counts.max()) if counts.size else 0
-  if width is None:
-    return longest
-  if longest > width:
-    row = int(np.argmax(counts))
-    raise ValueError(f"row {row} has {longest} {what}, more than the given "
-                     f"maximum {width}")
-  return int(width)
-
-
-def _sorted_csr(m: sp.spmatrix) -> sp.csr_matrix:
-  m = sp.csr_matrix(m)
-  if not m.has_sorted_indices:
-    m = m.sorted_indices()
-  return m
-
-
-def keep_largest(m: sp.spmatrix, width: int,
-                 weights: np.ndarray | None = None) -> sp.csr_matrix:
-  """Each row's ``width`` entries of largest ``|value * weights[column]|``.
-
-  Ties go to the lower column; kept entries stay in column order. Rows with
-  at most ``width`` entries are unchanged.
-
-  Args:
-    m: ``[N, F]`` sparse matrix.
-    width: entries kept per row, ``>= 1``.
-    weights: optional float ``[F]`` column weights of the ranking (e.g. the
-      idf, to keep the largest tf-idf); None ranks by ``|value|``.
-
-  Returns:
-    float32 CSR ``[N, F]`` with sorted indices.
-  """
-  if int(width) != width or width < 1:
-    raise ValueError(f"width must be an integer >= 1, got {width!r}")
-  m = _sorted_csr(m)
-  counts = np.diff(m.indptr)
-  if counts.size == 0 or counts.max() <= width:
-    return m
-  rows = np.repeat(np.arange(m.shape[0]), counts)
-  key = np.abs(m.data.astype(np.float64))
-  if weights is not None:
-    key = key * np.asarray(weights, np.float64)[m.indices]
-  # Within each row: by key descending, then column ascending.
-  order = np.lexsort((m.indices, -key, rows))
-  rank = np.arange(order.size) - np.repeat(m.indptr[:-1], counts)
-  keep = np.zeros(order.size, bool)
-  keep[order[rank < width]] = True
-  kept = sp.csr_matrix((m.data[keep], m.indices[keep],
-                        np.concatenate([[0], np.cumsum(
-                            np.minimum(counts, width))])), shape=m.shape)
-  return kept
-
-
 class SparseSource:
   """Padded sparse features and labels from an :class:`XMCData`.
 
@@ -208,7 +132,8 @@ class SparseSource:
     single_label: yield ``"labels"`` int32 ``[B]`` (each row must hold exactly
       one label) instead of ``[B, Lmax]``.
     truncate_features: with ``max_features``, rows longer than it keep their
-      ``max_features`` largest entries (:func:`keep_largest`, ranked by
+      ``max_features`` largest entries
+      (:func:`~mhe_jax.data.formats.keep_largest`, ranked by
       ``feature_weights``) instead of raising. Bag-of-words rows are
       long-tailed (citeulike-t: mean 19 features, longest 379), and the
       padded width is what a training step pays for.
@@ -234,13 +159,13 @@ class SparseSource:
     if data.num_examples > _MAX_ROWS:
       raise ValueError(f"{data.num_examples} examples; at most {_MAX_ROWS}")
     self.data = data
-    self._X = _sorted_csr(data.X)
+    self._X = sorted_csr(data.X)
     if truncate_features:
       if max_features is None:
         raise ValueError("truncate_features needs max_features")
       self._X = keep_largest(self._X, max_features, feature_weights)
-    self._Y = _sorted_csr(data.Y)
-    self.max_features = _row_width(self._X, max_features, "features")
+    self._Y = sorted_csr(data.Y)
+    self.max_features = row_width(self._X, max_features, "features")
     self.single_label = single_label
     if single_label:
       counts = np.diff(self._Y.indptr)
@@ -250,7 +175,7 @@ class SparseSource:
                          "labels, expected exactly 1")
       self.max_labels = 1
     else:
-      self.max_labels = _row_width(self._Y, max_labels, "labels")
+      self.max_labels = row_width(self._Y, max_labels, "labels")
 
   def __len__(self) -> int:
     return self.data.num_examples
@@ -267,8 +192,9 @@ class SparseSource:
 
   def gather(self, indices: np.ndarray) -> Batch:
     """See :class:`Source`."""
-    ids, vals = _padded_rows(self._X, indices, self.max_features, True)
-    labels, _ = _padded_rows(self._Y, indices, self.max_labels, False)
+    ids, vals = padded_rows(self._X, self.max_features, indices)
+    labels, _ = padded_rows(self._Y, self.max_labels, indices,
+                            with_values=False)
     if self.single_label:
       labels = labels[:, 0]
     return {"feature_ids": ids, "feature_values": vals, "labels": labels}
