@@ -32,12 +32,14 @@ def _class_mesh():
 
 # ------------------------------------------------------------------ the ops
 @pytest.mark.parametrize("num_blocks,block", [(16, 6), (12, 8)])
-@pytest.mark.parametrize("sharded", [False, True])
-def test_gather_and_scatter_blocks(num_blocks, block, sharded):
+@pytest.mark.parametrize("placement", ["one_device", "replicated", "sharded"])
+def test_gather_and_scatter_blocks(num_blocks, block, placement):
   """Equal numpy's fancy indexing; other entries untouched; sharding kept.
 
-  On 8 class shards (16, 6) keeps whole blocks per device (windowed path),
-  (12, 8) splits blocks across devices (column path).
+  Off a mesh the blocks are dynamic slices in a loop; on the 8-device mesh
+  XLA gathers and scatters: replicated, and on 8 class shards, where
+  (16, 6) keeps whole blocks per device (windowed path) and (12, 8) splits
+  blocks across devices (column path).
   """
   rng = np.random.default_rng(0)
   table = rng.normal(size=(5, num_blocks * block)).astype(np.float32)
@@ -47,20 +49,24 @@ def test_gather_and_scatter_blocks(num_blocks, block, sharded):
   want = table.copy()
   want[:, cols] = values
   mesh = _class_mesh()
-  with jax.set_mesh(mesh):
+  with (contextlib.nullcontext() if placement == "one_device"
+        else jax.set_mesh(mesh)):
     t = jnp.asarray(table)
-    if sharded:
+    if placement == "sharded":
       t = jax.device_put(t, NamedSharding(mesh, P(None, "classes")))
     got_block = jax.jit(sparse_update.gather_blocks, static_argnums=2)(
         t, ids, block)
     scatter = jax.jit(sparse_update.scatter_blocks, static_argnums=3,
                       donate_argnums=0)
     got = scatter(t, ids, values, block)
+    got_bias = jax.jit(sparse_update.scatter_blocks, static_argnums=3)(
+        jnp.asarray(table[0]), ids, values[0], block)
   np.testing.assert_array_equal(got_block, table[:, cols])
   np.testing.assert_array_equal(got, want)  # bit for bit, rows and the rest
+  np.testing.assert_array_equal(got_bias, want[0])
   np.testing.assert_array_equal(
       sparse_update.gather_blocks(table[0], ids, block), table[0, cols])
-  if sharded:
+  if placement == "sharded":
     assert got.sharding.spec == P(None, "classes")
 
 
@@ -242,6 +248,43 @@ def test_class_sharded_equals_one_device(radices, rule):
   state = opt.kernel_mu if rule == "adam" else opt.kernel_trace
   for var in (head.kernel, state):
     assert var[...].sharding.spec == P(None, "classes")
+
+
+@pytest.mark.parametrize("rule,param_dtype", [
+    ("adam", jnp.float32), ("momentum", jnp.float32),
+    ("momentum", jnp.bfloat16)])
+def test_sparse_step_memory_is_the_tables_and_a_few_blocks(rule, param_dtype):
+  """Compiled with the state donated, a step aliases every table (the
+  parameters and their state are updated in place) and its temporaries are
+  a few sampled blocks, far from one table (bfloat16 too: no float32 copy
+  of a table)."""
+  d, radices, batch = 32, (256, 256), 4  # f32 kernel [32, 65536]: 8 MiB
+
+  def create():
+    head = MHSHead(d, LabelCodec(radices, 256 * 256), batch,
+                   dtype=None if param_dtype == jnp.float32 else param_dtype,
+                   param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    return head, SparseUpdateOptimizer(head, optax.adam(LR), rule=rule)
+
+  graphdef, abstract = nnx.split(nnx.eval_shape(create))
+
+  def step(state, x, y, rng):
+    head, opt = nnx.merge(graphdef, state)
+    loss, grads, rows = opt.value_and_grad(
+        lambda h: h.loss(x, y, rng=rng), head)
+    opt.update(head, grads)
+    opt.update_rows(head, rows, LR)
+    return nnx.state((head, opt)), loss
+
+  args = (jax.ShapeDtypeStruct((batch, d), jnp.float32),
+          jax.ShapeDtypeStruct((batch,), jnp.int32),
+          jax.eval_shape(lambda: jax.random.key(0)))
+  mem = jax.jit(step, donate_argnums=0).lower(abstract, *args).compile(
+      ).memory_analysis()
+  table = d * 65536 * jnp.dtype(param_dtype).itemsize
+  block = d * batch * 256 * 4  # the 4 sampled groups' f32 kernel columns
+  assert mem.alias_size_in_bytes >= (3 if rule == "adam" else 2) * table
+  assert mem.temp_size_in_bytes < 8 * block <= table / 4, mem.temp_size_in_bytes
 
 
 def test_value_and_grad_needs_the_training_loss():

@@ -11,9 +11,13 @@ state, and scatter them back, touching ``O(S * s * d)`` memory instead of
 * :func:`gather_blocks` / :func:`scatter_blocks`: the ``S`` blocks of
   ``block_size`` consecutive entries of the last axis (a group's kernel
   columns, bias entries or optimiser moments), read and written in place
-  (``.at[...].set``; under ``jit`` with the table donated no copy is made).
-  On a mesh whose class axis shards the table, each device writes the blocks
-  it holds and the gathered block is replicated over the class axis.
+  (under ``jit`` with the table donated no copy is made). Off a
+  multi-device mesh the scatter writes a block at a time
+  (``dynamic_update_slice`` in a ``fori_loop``): XLA's scatter op would, on
+  CPU, be slower and, for a bfloat16 table, convert the whole table to
+  float32 and back. On a mesh whose class axis shards the table, each
+  device writes the blocks it holds and the gathered block is replicated
+  over the class axis.
 * :func:`lazy_adam`: Adam on the gathered rows. A row's moments advance
   only on the steps that sample it (as PyTorch ``SparseAdam`` and TF
   ``LazyAdam``); the bias correction takes whatever step count the caller
@@ -84,6 +88,32 @@ def _windowed(table: jax.Array, block_size: int):
   return view, gathered, NamedSharding(mesh, P(*spec[:-1], spec[-1], None))
 
 
+def _on_one_device(table: jax.Array) -> bool:
+  """No mesh in sight: the table is unsharded and no context mesh splits it.
+
+  (Under ``jit`` on an Auto mesh the table's sharding is not visible; the
+  context mesh, ``jax.set_mesh``, tells.)
+  """
+  if _last_axis_sharding(table) is not None:
+    return False
+  mesh = jax.sharding.get_abstract_mesh()
+  return mesh.empty or mesh.size == 1
+
+
+def _loop_scatter(table: jax.Array, ids_s: jax.Array, values: jax.Array,
+                  block_size: int) -> jax.Array:
+  lead = table.shape[:-1]
+  zero = (0,) * len(lead)
+
+  def body(t, table):
+    block = jax.lax.dynamic_slice(values, (*zero, t * block_size),
+                                  (*lead, block_size))
+    return jax.lax.dynamic_update_slice(table, block,
+                                        (*zero, ids_s[t] * block_size))
+
+  return jax.lax.fori_loop(0, ids_s.shape[0], body, table)
+
+
 def _check(table: jax.Array, block_size: int) -> None:
   if block_size < 1 or table.shape[-1] % block_size:
     raise ValueError(f"the last axis ({table.shape[-1]}) must be a multiple "
@@ -132,6 +162,8 @@ def scatter_blocks(table: ArrayLike, block_ids: ArrayLike, values: ArrayLike,
   _check(table, block_size)
   ids_s = jnp.asarray(block_ids, jnp.int32)
   values = jnp.asarray(values, table.dtype)
+  if _on_one_device(table):
+    return _loop_scatter(table, ids_s, values, block_size)
   lead = (slice(None),) * (table.ndim - 1)
   view, _, placed = _windowed(table, block_size)
   if view is not None:
