@@ -150,6 +150,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 0  # Linear warm-up steps.
   c.optimizer.weight_decay = 0.0  # adamw decoupled weight decay.
   c.optimizer.grad_clip = 0.0  # Global-norm clipping; 0 -> off.
+  # The head's (classifier's) own rule: 'same' (optimizer.name) or
+  # 'sgd_momentum' (SGD, momentum 0.9, as Renee trains its classifier), at
+  # classifier_learning_rate under the same schedule (0 -> learning_rate).
+  c.optimizer.classifier = "same"
+  c.optimizer.classifier_learning_rate = 0.0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.ks = (1, 3, 5)       # k of P@k, nDCG@k, PSP@k (acc@k single-label).
@@ -260,6 +265,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"{config.data.validation_fraction}")
   if config.head.sparse_update and config.head.type != "mhs":
     raise ValueError("config.head.sparse_update needs head.type='mhs', got "
+                     f"{config.head.type!r}")
+  if config.optimizer.classifier not in ("same", "sgd_momentum"):
+    raise ValueError("config.optimizer.classifier must be 'same' or "
+                     f"'sgd_momentum', got {config.optimizer.classifier!r}")
+  if config.optimizer.classifier_learning_rate < 0:
+    raise ValueError("config.optimizer.classifier_learning_rate must be >= 0 "
+                     f"(0: optimizer.learning_rate), got "
+                     f"{config.optimizer.classifier_learning_rate}")
+  own_rule = (config.optimizer.classifier != "same" or
+              config.optimizer.classifier_learning_rate > 0)
+  if own_rule and config.head.sparse_update:
+    raise ValueError("config.head.sparse_update updates the MHS classifier "
+                     "with the lazy form of optimizer.name at "
+                     "optimizer.learning_rate; leave optimizer.classifier "
+                     "'same' and classifier_learning_rate 0 (lazy momentum: "
+                     "optimizer.name='sgd')")
+  if own_rule and config.head.type in ("unidec", "lightdxml"):
+    raise ValueError("config.optimizer.classifier / classifier_learning_rate "
+                     "apply to encoder + head models, not head.type="
                      f"{config.head.type!r}")
   if config.head.fit not in ("gradient", "least_squares"):
     raise ValueError("config.head.fit must be 'gradient' or 'least_squares', "

@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from flax import nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -608,17 +609,20 @@ def build_model(config: ml_collections.ConfigDict, data: Dataset,
 
 
 # --------------------------------------------------------------- optimisers
-def _schedule(cfg, num_steps):
+def _schedule(cfg, num_steps, peak: float | None = None):
+  """The learning rate against the step: ``cfg.schedule`` up to ``peak``
+  (default ``cfg.learning_rate``) after ``cfg.warmup_steps``."""
+  peak = cfg.learning_rate if peak is None else peak
   if cfg.schedule == "constant":
-    decay = optax.constant_schedule(cfg.learning_rate)
+    decay = optax.constant_schedule(peak)
   elif cfg.schedule == "cosine":
-    decay = optax.cosine_decay_schedule(cfg.learning_rate,
+    decay = optax.cosine_decay_schedule(peak,
                                         max(num_steps - cfg.warmup_steps, 1))
   else:
     raise ValueError(f"unknown learning-rate schedule {cfg.schedule!r}; "
                      "known: ['constant', 'cosine']")
   if cfg.warmup_steps:
-    warm = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+    warm = optax.linear_schedule(0.0, peak, cfg.warmup_steps)
     return optax.join_schedules([warm, decay], [cfg.warmup_steps])
   return decay
 
@@ -628,11 +632,92 @@ OPTIMIZERS = {
     "adamw": lambda cfg, lr: optax.adamw(lr, weight_decay=cfg.weight_decay),
     "sgd": lambda cfg, lr: optax.sgd(lr, momentum=0.9),
 }
+# optimizer.classifier: the head's own rule ('same': optimizer.name's).
+CLASSIFIER_OPTIMIZERS = {
+    "same": None,
+    "sgd_momentum": lambda cfg, lr: optax.sgd(lr, momentum=0.9),
+}
+
+
+class HeadSplitState(NamedTuple):
+  """:func:`head_split`'s state: the encoder's and the head's optimisers'."""
+  base: Any
+  classifier: Any
+
+
+def _under_head(tree) -> tuple[list[Any], Any, list[bool]]:
+  """``tree``'s leaves (nnx Variables kept whole), its treedef, and for
+  each leaf whether its path starts with ``'head'``."""
+  is_var = lambda x: isinstance(x, nnx.Variable)
+  with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree,
+                                                             is_leaf=is_var)
+  first = lambda path: getattr(path[0], "key", getattr(path[0], "name", None))
+  in_head = [bool(path) and first(path) == "head" for path, _ in with_paths]
+  return [leaf for _, leaf in with_paths], treedef, in_head
+
+
+def _parts(leaves, in_head):
+  return ([x for x, h in zip(leaves, in_head) if not h],
+          [x for x, h in zip(leaves, in_head) if h])
+
+
+def head_split(base: optax.GradientTransformation,
+               classifier: optax.GradientTransformation
+               ) -> optax.GradientTransformation:
+  """``classifier`` on the parameters under ``'head'``, ``base`` on the rest.
+
+  What ``optax.multi_transform`` does with two labels, with each optimiser
+  given the list of its own leaves: its state holds its parameters only (no
+  masked placeholders, which ``nnx.eval_shape`` of an optimiser cannot
+  size). Raises if no parameter is under ``'head'``.
+  """
+
+  def init(params):
+    leaves, _, in_head = _under_head(params)
+    if not any(in_head):
+      raise ValueError("optimizer.classifier / classifier_learning_rate "
+                       "need a model whose classifier is its 'head' "
+                       "(encoder + head); no parameter is under 'head'")
+    rest, head = _parts(leaves, in_head)
+    return HeadSplitState(base.init(rest), classifier.init(head))
+
+  def update(updates, state, params=None):
+    leaves, treedef, in_head = _under_head(updates)
+    rest, head = _parts(leaves, in_head)
+    rest_params = head_params = None
+    if params is not None:
+      rest_params, head_params = _parts(_under_head(params)[0], in_head)
+    rest, base_state = base.update(rest, state.base, rest_params)
+    head, head_state = classifier.update(head, state.classifier, head_params)
+    rest, head = iter(rest), iter(head)
+    merged = [next(head) if h else next(rest) for h in in_head]
+    return (jax.tree_util.tree_unflatten(treedef, merged),
+            HeadSplitState(base_state, head_state))
+
+  return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict,
                    num_steps: int) -> optax.GradientTransformation:
-  tx = lookup(OPTIMIZERS, cfg.name, "optimizer")(cfg, _schedule(cfg, num_steps))
+  """The trainer's optax transformation from ``config.optimizer``.
+
+  ``cfg.name`` at ``cfg.learning_rate`` (under ``cfg.schedule``) updates
+  every parameter; or, when ``cfg.classifier`` is not ``'same'`` or
+  ``cfg.classifier_learning_rate`` is set, every parameter but the head's,
+  which take ``cfg.classifier``'s rule (``'same'``: ``cfg.name``'s) at
+  ``cfg.classifier_learning_rate`` under the same schedule
+  (:func:`head_split`; as Renee, Jain et al. MLSys 2023: Adam on the
+  encoder, SGD with momentum on the classifier). ``cfg.grad_clip`` clips
+  the global norm of all gradients first.
+  """
+  base = lookup(OPTIMIZERS, cfg.name, "optimizer")
+  tx = base(cfg, _schedule(cfg, num_steps))
+  head_rule = lookup(CLASSIFIER_OPTIMIZERS, cfg.classifier,
+                     "classifier optimizer")
+  if head_rule is not None or cfg.classifier_learning_rate:
+    head_rule = head_rule or base
+    peak = cfg.classifier_learning_rate or cfg.learning_rate
+    tx = head_split(tx, head_rule(cfg, _schedule(cfg, num_steps, peak)))
   if cfg.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx
@@ -647,3 +732,5 @@ def check_names(config: ml_collections.ConfigDict) -> None:
   lookup(ENCODERS, config.encoder.type, "encoder")
   lookup({**HEADS, **MODELS}, config.head.type, "head")
   lookup(OPTIMIZERS, config.optimizer.name, "optimizer")
+  lookup(CLASSIFIER_OPTIMIZERS, config.optimizer.classifier,
+         "classifier optimizer")
