@@ -754,17 +754,35 @@ class Predictor:
     names = None if self._names is None else self._names[labels]
     return Prediction(scores, labels.astype(np.int32), names)
 
-  def warmup(self, k: int = 5) -> None:
+  def warmup(self, k: int = 5, max_width: int | None = None) -> None:
     """Compiles and runs every (batch bucket, feature-width bucket) program.
 
     After it, requests for this ``k`` whose rows are at most the training
-    width long never compile (next-token and item-sequence models: every
-    request of this ``k``).
+    width long (or ``max_width``) never compile (next-token and
+    item-sequence models: every request of this ``k``).
+
+    Args:
+      k: the k to compile for.
+      max_width: bag-of-words models: also compile the power-of-two widths
+        above the training width up to the one that holds ``max_width``
+        features (rows longer than the training rows, e.g. test rows that
+        were not cut to the training width).
     """
     k = self.check_k(k)
+    longer = []  # widths above the training width, and the buckets of each
+    if max_width is not None and max_width > self.max_features:
+      w = _next_pow2(self.max_features + 1)
+      while True:
+        longer.append(w)
+        if w >= max_width:
+          break
+        w *= 2
     for b in self.batch_sizes:
       if self.is_bag_of_words:
-        for w in self.widths:
+        # Above the training width only the buckets _run gives such rows.
+        for w in list(self.widths) + [
+            w for w in longer
+            if b * w <= self.max_cells or b == self.batch_sizes[0]]:
           inputs = (np.full((b, w), -1, np.int32), np.zeros((b, w), np.float32))
           jax.block_until_ready(self._call(inputs, k)[0])
       elif self.context is not None:

@@ -215,6 +215,18 @@ def test_seen_shapes_never_compile_again(predictors):
   predictor.predict_one(*rows[1], k=3)
   predictor.predict_one(*rows[2], k=3)
   assert predictor.num_traces == traces + 1
+  # Rows longer than the training width (16): warmup(max_width) compiles
+  # their widths (32, 64) in the buckets that run them.
+  predictor.warmup(K, max_width=40)
+  traces = predictor.num_traces
+  assert traces == len(predictor.batch_sizes) * len(predictor.widths) + 1 + 2
+  rng = np.random.default_rng(5)
+  long = [(rng.permutation(NUM_FEATURES)[:m], rng.uniform(1, 2, m))
+          for m in (20, 33, 40)]
+  for row in long:
+    predictor.predict_one(*row, k=K)
+  predictor.predict(_csr(long + rows), k=K)
+  assert predictor.num_traces == traces
 
 
 def test_predict_one_errors_name_the_problem(predictors):
