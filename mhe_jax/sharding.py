@@ -1,4 +1,4 @@
-"""Meshes, logical axis rules and NamedShardings for the trainer.
+"""Meshes, logical axis rules and NamedShardings.
 
 Modules annotate parameters with *logical* axis names (``nnx.with_partitioning``):
 ``'embed'`` (feature width), ``'mlp'`` (hidden width), ``'vocab'`` (input
@@ -6,6 +6,11 @@ vocabulary / feature ids), ``'classes'`` (the output classes of the vanilla and
 MHS classifiers), ``'heads'`` (the fused MHE head outputs), ``'prefixes'`` (MHC
 prefix embeddings). The config maps logical names to mesh axes
 (``config.mesh.rules``), maxtext-style; activations use ``'batch'``.
+
+Inside jitted code on an Explicit mesh, an op whose output layout cannot be
+inferred must be told it: :func:`batch_axis_sharding` (sharded like an
+input's batch axis) and :func:`replicated` say the two layouts the ops and
+heads need.
 
 Example::
 
@@ -20,6 +25,8 @@ import math
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -148,3 +155,47 @@ def check_divisible(batch_size: int, mesh: Mesh,
   if batch_size % size:
     raise ValueError(f"{what}={batch_size} is not divisible by the {size} "
                      f"devices of the batch mesh axis {axis!r}")
+
+
+def batch_axis_sharding(x: jax.Array, ndim: int) -> NamedSharding | None:
+  """An ``ndim``-axis layout sharded like ``x``'s batch (first) axis.
+
+  For the ``out_sharding`` of a scatter or gather whose output has ``x``'s
+  batch axis first and unsharded axes after it (Explicit meshes need it
+  said). None when ``x``'s first axis is not sharded, where nothing needs
+  saying.
+  """
+  sharding = jax.typeof(x).sharding
+  spec = tuple(getattr(sharding, "spec", ()) or ())
+  if not spec or spec[0] is None:
+    return None
+  return NamedSharding(sharding.mesh, P(spec[0], *([None] * (ndim - 1))))
+
+
+def explicit_sharding(x: jax.Array) -> NamedSharding | None:
+  """``x``'s sharding when some axis of it is sharded, else None.
+
+  Inside ``jit`` only Explicit mesh axes show in an array's type, so this is
+  None on Auto meshes and without a mesh.
+  """
+  sharding = jax.typeof(x).sharding
+  if (sharding is None or sharding.mesh.empty or
+      not any(a is not None for a in sharding.spec)):
+    return None
+  return sharding
+
+
+def replicated(x: ArrayLike | None) -> jax.Array | None:
+  """``x`` resharded to fully replicated if it is Explicit-sharded.
+
+  A no-op (and no collective) for arrays with no sharded axis; None stays
+  None. Used where a whole-batch computation (a sample or candidate set
+  shared by the batch) reads batch-sharded values.
+  """
+  if x is None:
+    return None
+  x = jnp.asarray(x)
+  sharding = explicit_sharding(x)
+  if sharding is None:
+    return x
+  return jax.sharding.reshard(x, NamedSharding(sharding.mesh, P()))

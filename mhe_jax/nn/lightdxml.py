@@ -64,8 +64,8 @@ from mhe_jax.nn.unidec import batch_labels
 from mhe_jax.nn.unidec import in_batch_psl
 from mhe_jax.nn.unidec import l2_normalize
 from mhe_jax.nn.unidec import masked_mean
-from mhe_jax.nn.unidec import replicated
 from mhe_jax.ops import shortlist
+from mhe_jax.sharding import replicated
 
 
 class LightDXML(nnx.Module):

@@ -37,6 +37,13 @@ Maths (``^`` = L2-normalised, ``s`` = ``logit_scale``):
   weighted sum of the two cosines; ``<q^, v_l>`` is the same sum at the
   snapshot, so the shortlist is exact for it with the exact index); the top
   k of the shortlist are returned.
+* Sharding: the shortlist computations (label search, the batch-wide
+  candidate union, gathers of label rows by batch-derived ids) run
+  replicated (:func:`mhe_jax.sharding.replicated`) after the data-parallel
+  encoder: an all-gather of ``[B, d]`` features, and the candidate set is
+  global to the batch anyway. Per-label tables sharded over a ``classes``
+  mesh axis are all-gathered before their rows are gathered (class sharding
+  then saves memory at rest, not in the step).
 
 Example::
 
@@ -58,6 +65,7 @@ import numpy as np
 
 from mhe_jax.ops import losses
 from mhe_jax.ops import shortlist
+from mhe_jax.sharding import replicated
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -160,26 +168,6 @@ class LabelIndex(nnx.Module):
     index = shortlist.KMeansIndex(self.centroids[...], self.members[...])
     return shortlist.kmeans_search(index, self.vectors[...], queries_qd, k,
                                    num_probe=self.num_probe)
-
-
-def replicated(x: ArrayLike | None) -> jax.Array | None:
-  """``x`` resharded to fully replicated if it is Explicit-sharded.
-
-  The shortlist computations (label search, the batch-wide candidate union,
-  gathers of label rows by batch-derived ids) run replicated after the
-  data-parallel encoder: an all-gather of ``[B, d]`` features, and the
-  candidate set is global to the batch anyway. Per-label tables sharded over
-  a ``classes`` mesh axis are all-gathered before their rows are gathered
-  (class sharding then saves memory at rest, not in the step).
-  """
-  if x is None:
-    return None
-  x = jnp.asarray(x)
-  sharding = jax.typeof(x).sharding
-  if (sharding is None or sharding.mesh.empty or
-      not any(a is not None for a in sharding.spec)):
-    return x
-  return jax.sharding.reshard(x, jax.sharding.PartitionSpec())
 
 
 def batch_labels(batch: Mapping[str, Any]) -> jax.Array:
@@ -323,7 +311,7 @@ class DualEncoderClassifier(nnx.Module):
     self._refresh(jnp.bool_(True))
 
   def _classifier(self) -> jax.Array:
-    """``[C, d]`` classifier vectors, replicated (see :func:`replicated`)."""
+    """``[C, d]`` classifier vectors, replicated (module docstring)."""
     return replicated(self.classifier[...])
 
   # ------------------------------------------------------------- encoders

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mhe_jax import sharding as sharding_lib
+
 ArrayLike = jax.typing.ArrayLike
 
 
@@ -84,13 +86,8 @@ def _sample_groups(true_groups, rng, num_groups, num_sampled):
   # The sample is shared by the whole batch, so batch-sharded labels are
   # gathered to build it (explicit meshes need this said; elsewhere it is a
   # no-op); the slots keep the labels' sharding.
-  labels = true_groups.astype(jnp.int32)
-  sharding = jax.typeof(labels).sharding
-  explicit = any(axis is not None for axis in sharding.spec)
-  if explicit:
-    labels = jax.sharding.reshard(
-        labels, jax.sharding.NamedSharding(sharding.mesh,
-                                           jax.sharding.PartitionSpec()))
+  true_groups = true_groups.astype(jnp.int32)
+  labels = sharding_lib.replicated(true_groups)
   flat_n = labels.reshape(-1)
   valid_n = (flat_n >= 0) & (flat_n < num_groups)
   safe_n = jnp.where(valid_n, flat_n, num_groups)  # out of bounds: dropped
@@ -100,9 +97,8 @@ def _sample_groups(true_groups, rng, num_groups, num_sampled):
   group_ids_s = group_ids_s.astype(jnp.int32)
   slot_of_g = jnp.full((num_groups,), -1, jnp.int32).at[group_ids_s].set(
       jnp.arange(num_sampled, dtype=jnp.int32))
-  true_groups = true_groups.astype(jnp.int32)
   valid = (true_groups >= 0) & (true_groups < num_groups)
   slots = slot_of_g.at[jnp.where(valid, true_groups, 0)].get(
-      out_sharding=sharding if explicit else None)
+      out_sharding=sharding_lib.explicit_sharding(true_groups))
   slots = jnp.where(valid, slots, -1)
   return group_ids_s, slots

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mhe_jax import sharding as sharding_lib
 from mhe_jax.ops.codec import as_integer
 from mhe_jax.ops.codec import LabelCodec
 
@@ -139,11 +140,7 @@ def _multilabel_digit_targets(labels, codec, dtype):
   b = labels.shape[0]
   rows = jnp.broadcast_to(jnp.arange(b)[:, None], labels.shape)
   # Targets are sharded like the labels' batch axis (needed on Explicit meshes).
-  sharding = jax.typeof(labels).sharding
-  out_sharding = None
-  if sharding.spec and sharding.spec[0] is not None:
-    out_sharding = jax.sharding.NamedSharding(
-        sharding.mesh, jax.sharding.PartitionSpec(sharding.spec[0], None))
+  out_sharding = sharding_lib.batch_axis_sharding(labels, 2)
   out = []
   for h, r in enumerate(codec.radices):
     d = digits[..., h]
