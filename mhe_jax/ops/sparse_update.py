@@ -12,12 +12,15 @@ state, and scatter them back, touching ``O(S * s * d)`` memory instead of
   ``block_size`` consecutive entries of the last axis (a group's kernel
   columns, bias entries or optimiser moments), read and written in place
   (under ``jit`` with the table donated no copy is made). Off a
-  multi-device mesh the scatter writes a block at a time
-  (``dynamic_update_slice`` in a ``fori_loop``): XLA's scatter op would, on
-  CPU, be slower and, for a bfloat16 table, convert the whole table to
-  float32 and back. On a mesh whose class axis shards the table, each
-  device writes the blocks it holds and the gathered block is replicated
-  over the class axis.
+  multi-device mesh the scatter of a 32-bit table writes a block at a time
+  (``dynamic_update_slice`` in a ``fori_loop``; on a 2-core CPU, 64 blocks
+  of a ``[256, 10^6]`` float32 kernel in about 1/6 of the time of XLA's
+  scatter op). On a mesh whose class axis shards the table, each device
+  writes the blocks it holds and the gathered block is replicated over the
+  class axis. XLA:CPU has no bfloat16 scatter or ``dynamic_update_slice``:
+  it converts a bfloat16 table to float32 and back around either (a float32
+  copy of the whole table and two passes over it per scatter; per block in
+  a loop), so on CPU a bfloat16 table is not updated sparsely.
 * :func:`lazy_adam`: Adam on the gathered rows. A row's moments advance
   only on the steps that sample it (as PyTorch ``SparseAdam`` and TF
   ``LazyAdam``); the bias correction takes whatever step count the caller
@@ -162,7 +165,7 @@ def scatter_blocks(table: ArrayLike, block_ids: ArrayLike, values: ArrayLike,
   _check(table, block_size)
   ids_s = jnp.asarray(block_ids, jnp.int32)
   values = jnp.asarray(values, table.dtype)
-  if _on_one_device(table):
+  if table.dtype.itemsize >= 4 and _on_one_device(table):
     return _loop_scatter(table, ids_s, values, block_size)
   lead = (slice(None),) * (table.ndim - 1)
   view, _, placed = _windowed(table, block_size)
