@@ -61,9 +61,11 @@ import jax.numpy as jnp
 from mhe_jax.nn.unidec import LabelIndex
 from mhe_jax.nn.unidec import StepCount
 from mhe_jax.nn.unidec import batch_labels
+from mhe_jax.nn.unidec import check_positive
+from mhe_jax.nn.unidec import encode
 from mhe_jax.nn.unidec import in_batch_psl
 from mhe_jax.nn.unidec import l2_normalize
-from mhe_jax.nn.unidec import masked_mean
+from mhe_jax.ops import losses
 from mhe_jax.ops import shortlist
 from mhe_jax.sharding import replicated
 
@@ -95,11 +97,9 @@ class LightDXML(nnx.Module):
                refresh_every: int = 100, logit_scale: float = 20.0,
                index: str = "exact", num_clusters: int = 0,
                num_probe: int = 8, rngs: nnx.Rngs):
-    for name, value in (("num_picked", num_picked),
-                        ("num_hard_negatives", num_hard_negatives),
-                        ("refresh_every", refresh_every)):
-      if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    check_positive(num_picked=num_picked,
+                   num_hard_negatives=num_hard_negatives,
+                   refresh_every=refresh_every)
     if proxy_steps < 0 or classifier_steps < 0:
       raise ValueError(f"proxy_steps and classifier_steps must be >= 0, got "
                        f"{proxy_steps} and {classifier_steps}")
@@ -145,8 +145,7 @@ class LightDXML(nnx.Module):
 
   def features(self, batch: Mapping[str, Any], *, train: bool = False
                ) -> jax.Array:
-    x = self.encoder(*(batch[k] for k in self.input_keys), train=train)
-    return replicated(x).astype(jnp.float32)
+    return encode(self.encoder, self.input_keys, batch, train=train)
 
   def logits(self, x_bd: jax.Array, labels_bs: jax.Array) -> jax.Array:
     """Classifier logits ``[B, S]`` of labels ``[B, S]`` (>= 0)."""
@@ -189,7 +188,7 @@ class LightDXML(nnx.Module):
     z_bm = x_bd @ w_md.T + replicated(self.bias[...])[safe_m]
     bce_bm = jax.nn.softplus(z_bm) - jnp.where(targets_bm, z_bm, 0.)
     bce_b = jnp.where(cand_m >= 0, bce_bm, 0.).sum(-1)
-    classifier_loss = masked_mean(bce_b, where)
+    classifier_loss = losses.masked_mean(bce_b, where)
     return (jnp.where(proxy_on, proxy_loss, 0.) +
             jnp.where(classifier_on, classifier_loss, 0.))
 
@@ -197,9 +196,7 @@ class LightDXML(nnx.Module):
            ) -> tuple[jax.Array, jax.Array]:
     """``(logits [B, k], labels [B, k])`` ranked over the proxy shortlist."""
     x_bd = self.features(batch)
-    size = max(self.shortlist_size, min(k, self.num_labels))
-    _, short_bs = self.index.search(l2_normalize(x_bd), size)
-    z_bs = jnp.where(short_bs >= 0,
-                     self.logits(x_bd, jnp.maximum(short_bs, 0)), -jnp.inf)
-    top_z, pos = jax.lax.top_k(z_bs, k)
-    return top_z, jnp.take_along_axis(short_bs, pos, axis=1)
+    score = lambda ids: jnp.where(
+        ids >= 0, self.logits(x_bd, jnp.maximum(ids, 0)), -jnp.inf)
+    return self.index.shortlist_topk(l2_normalize(x_bd), k,
+                                     self.shortlist_size, score)

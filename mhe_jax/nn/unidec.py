@@ -90,6 +90,21 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
   return x / jnp.maximum(norm, 1e-12)
 
 
+def check_positive(**values: int) -> None:
+  """Raises ValueError naming the first of ``values`` below 1."""
+  for name, value in values.items():
+    if value < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def encode(encoder: nnx.Module, input_keys: tuple[str, ...],
+           batch: Mapping[str, Any], *, train: bool) -> jax.Array:
+  """float32 ``[B, d]``: ``encoder`` on the batch's ``input_keys``,
+  replicated (module docstring)."""
+  x = encoder(*(batch[k] for k in input_keys), train=train)
+  return replicated(x).astype(jnp.float32)
+
+
 class LabelIndex(nnx.Module):
   """A searchable snapshot of ``[C, d]`` label vectors (exact or k-means).
 
@@ -169,19 +184,31 @@ class LabelIndex(nnx.Module):
     return shortlist.kmeans_search(index, self.vectors[...], queries_qd, k,
                                    num_probe=self.num_probe)
 
+  def shortlist_topk(self, queries_bd: jax.Array, k: int, shortlist_size: int,
+                     score: Callable[[jax.Array], jax.Array]
+                     ) -> tuple[jax.Array, jax.Array]:
+    """The top k of each query's shortlist, ranked by ``score``.
+
+    Args:
+      queries_bd: ``[B, d]`` search queries.
+      k: labels returned per query.
+      shortlist_size: labels searched per query (at least ``min(k, C)``).
+      score: ids ``[B, S]`` (-1 where the index found fewer) -> scores
+        ``[B, S]``, ``-inf`` at -1.
+
+    Returns:
+      ``(scores [B, k], labels [B, k])``.
+    """
+    size = max(shortlist_size, min(k, self.num_labels))
+    _, short_bs = self.search(queries_bd, size)
+    top_s, pos = jax.lax.top_k(score(short_bs), k)
+    return top_s, jnp.take_along_axis(short_bs, pos, axis=1)
+
 
 def batch_labels(batch: Mapping[str, Any]) -> jax.Array:
   """int ``[B, L]`` labels, replicated (``[B]`` batches become ``[B, 1]``)."""
   labels = replicated(jnp.asarray(batch["labels"], jnp.int32))
   return labels[:, None] if labels.ndim == 1 else labels
-
-
-def masked_mean(loss_b: jax.Array, where: ArrayLike | None) -> jax.Array:
-  """Mean of ``loss_b`` over the examples where ``where`` (all if None)."""
-  if where is None:
-    return loss_b.mean()
-  where = jnp.asarray(where, bool)
-  return jnp.where(where, loss_b, 0.).sum() / jnp.maximum(where.sum(), 1)
 
 
 def label_to_query_psl(s_bm: jax.Array, positives_bm: jax.Array,
@@ -200,8 +227,8 @@ def label_to_query_psl(s_bm: jax.Array, positives_bm: jax.Array,
   s_mb = jnp.where(valid_b[None, :], s_bm.T, _MASKED)
   positives_mb = positives_bm.T & valid_b[None, :]
   picked_mb = picked_bm.T & positives_mb
-  return masked_mean(losses.psl(s_mb, positives_mb, picked_mb),
-                     picked_mb.any(axis=1))
+  return losses.masked_mean(losses.psl(s_mb, positives_mb, picked_mb),
+                            picked_mb.any(axis=1))
 
 
 def in_batch_psl(q_bd: jax.Array, labels_bl: jax.Array, hard_bs: jax.Array,
@@ -231,7 +258,7 @@ def in_batch_psl(q_bd: jax.Array, labels_bl: jax.Array, hard_bs: jax.Array,
   for i, table in enumerate(tables):
     s_bm = logit_scale * (q_bd @ table(safe_m).T)
     s_bm = jnp.where(cand_m >= 0, s_bm, _MASKED)
-    total = total + masked_mean(
+    total = total + losses.masked_mean(
         losses.psl(s_bm, positives_bm, picked_bm), where)
     if label_to_query and label_to_query[i]:
       total = total + label_to_query_psl(s_bm, positives_bm, picked_bm, where)
@@ -277,11 +304,9 @@ class DualEncoderClassifier(nnx.Module):
       raise ValueError(f"label_ids and label_values must both be [C, F_l], "
                        f"got {label_ids.shape} and {label_values.shape}")
     num_labels = label_ids.shape[0]
-    for name, value in (("num_picked", num_picked),
-                        ("num_hard_negatives", num_hard_negatives),
-                        ("refresh_every", refresh_every)):
-      if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    check_positive(num_picked=num_picked,
+                   num_hard_negatives=num_hard_negatives,
+                   refresh_every=refresh_every)
     if not 0.0 <= score_mix <= 1.0:
       raise ValueError(f"score_mix must be in [0, 1], got {score_mix}")
     self.encoder = encoder
@@ -318,8 +343,8 @@ class DualEncoderClassifier(nnx.Module):
   def query(self, batch: Mapping[str, Any], *, train: bool = False
             ) -> jax.Array:
     """Normalised document embeddings ``[B, d]``."""
-    x = self.encoder(*(batch[k] for k in self.input_keys), train=train)
-    return l2_normalize(replicated(x).astype(jnp.float32))
+    return l2_normalize(encode(self.encoder, self.input_keys, batch,
+                               train=train))
 
   def label_embeddings(self, labels: jax.Array, *, train: bool = False
                        ) -> jax.Array:
@@ -385,8 +410,5 @@ class DualEncoderClassifier(nnx.Module):
            ) -> tuple[jax.Array, jax.Array]:
     """``(scores [B, k], labels [B, k])`` re-scored over the shortlist."""
     q_bd = self.query(batch)
-    size = max(self.shortlist_size, min(k, self.num_labels))
-    _, short_bs = self.index.search(q_bd, size)
-    s_bs = self.scores(q_bd, short_bs)
-    top_s, pos = jax.lax.top_k(s_bs, k)
-    return top_s, jnp.take_along_axis(short_bs, pos, axis=1)
+    return self.index.shortlist_topk(q_bd, k, self.shortlist_size,
+                                     lambda ids: self.scores(q_bd, ids))
