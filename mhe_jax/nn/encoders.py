@@ -88,6 +88,16 @@ def _axis_metadata(names: tuple[str | None, ...]) -> dict[str, object]:
   return {"out_sharding": names, "eager_sharding": False}
 
 
+def _check_ids(ids: ArrayLike, name: str, width: int) -> jax.Array:
+  """``ids`` as an array, checked to be integer ``[B, width]``."""
+  ids_bw = jnp.asarray(ids)
+  if not jnp.issubdtype(ids_bw.dtype, jnp.integer):
+    raise TypeError(f"{name} must be integers, got {ids_bw.dtype}")
+  if ids_bw.ndim != 2 or ids_bw.shape[1] != width:
+    raise ValueError(f"{name} must be [B, {width}], got {ids_bw.shape}")
+  return ids_bw
+
+
 def _take_rows(table_vd: jax.Array, ids_bf: jax.Array) -> jax.Array:
   """``table_vd[ids_bf]`` ``[B, F, D...]``, sharded like ``ids_bf``.
 
@@ -476,12 +486,7 @@ class TokenContextEncoder(nnx.Module):
     Returns:
       ``[B, out_features]`` in ``dtype``.
     """
-    tokens_bn = jnp.asarray(tokens)
-    if not jnp.issubdtype(tokens_bn.dtype, jnp.integer):
-      raise TypeError(f"tokens must be integers, got {tokens_bn.dtype}")
-    if tokens_bn.ndim != 2 or tokens_bn.shape[1] != self.context:
-      raise ValueError(f"tokens must be [B, {self.context}], got "
-                       f"{tokens_bn.shape}")
+    tokens_bn = _check_ids(tokens, "tokens", self.context)
     emb_bnd = _take_rows(self.embedding[...], tokens_bn).astype(self.dtype)
     x_bk = emb_bnd.reshape(tokens_bn.shape[0], -1)
     if self.dropout is not None:

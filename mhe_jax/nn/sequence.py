@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mhe_jax.nn.encoders import _axis_metadata  # pylint: disable=protected-access
+from mhe_jax.nn.encoders import _check_ids  # pylint: disable=protected-access
 from mhe_jax.nn.encoders import _partitioned  # pylint: disable=protected-access
 from mhe_jax.nn.encoders import _take_rows  # pylint: disable=protected-access
 
@@ -219,12 +220,7 @@ class SASRecEncoder(nnx.Module):
     Returns:
       ``[B, T, d]`` in ``dtype``, 0 at padded positions.
     """
-    items_bt = jnp.asarray(items)
-    if not jnp.issubdtype(items_bt.dtype, jnp.integer):
-      raise TypeError(f"items must be integers, got {items_bt.dtype}")
-    if items_bt.ndim != 2 or items_bt.shape[1] != self.max_len:
-      raise ValueError(f"items must be [B, {self.max_len}], got "
-                       f"{items_bt.shape}")
+    items_bt = _check_ids(items, "items", self.max_len)
     valid_bt = items_bt >= 0
     emb_btd = _take_rows(self.item_table(), jnp.where(valid_bt, items_bt, 0))
     x_btd = (emb_btd * np.sqrt(self.out_features)
