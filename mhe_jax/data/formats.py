@@ -386,6 +386,17 @@ def _build_csr(
   return m
 
 
+def _index_problem(token: str, what: str) -> str | None:
+  """Why ``token`` is not a 0-based index of at most 18 digits, or None."""
+  if token.startswith("-") and token[1:].isdigit():
+    return f"negative {what} {token}"
+  if not (token.isascii() and token.isdigit()):
+    return f"{what} {token!r} is not a non-negative integer"
+  if len(token) > 18:
+    return f"{what} {token} out of range"
+  return None
+
+
 class _Errors:
   """Collects candidate errors and raises the one on the earliest line."""
 
@@ -438,24 +449,18 @@ def _diagnose_xc_row(line: str) -> str:
     for piece in labels.split(","):
       if not piece:
         return f"empty entry in label list {labels!r}"
-      if piece.startswith("-") and piece[1:].isdigit():
-        return f"negative label index {piece}"
-      if not (piece.isascii() and piece.isdigit()):
-        return f"label {piece!r} is not a non-negative integer"
-      if len(piece) > 18:
-        return f"label index {piece} out of range"
+      problem = _index_problem(piece, "label index")
+      if problem:
+        return problem
   for tok in tokens:
     if ":" not in tok:
       return f"malformed feature {tok!r}: expected index:value"
     index, _, value = tok.partition(":")
     if not index:
       return f"missing feature index in {tok!r}"
-    if index.startswith("-") and index[1:].isdigit():
-      return f"negative feature index {index}"
-    if not (index.isascii() and index.isdigit()):
-      return f"feature index {index!r} is not a non-negative integer"
-    if len(index) > 18:
-      return f"feature index {index} out of range"
+    problem = _index_problem(index, "feature index")
+    if problem:
+      return problem
     if not value:
       return f"missing feature value in {tok!r}"
     if not _NUM_RE.fullmatch(value):
@@ -827,10 +832,9 @@ def _diagnose_arff_row(line: str, num_attributes: int) -> str:
         return (f"malformed sparse entry {pair.strip()!r}: "
                 "expected 'index value'")
       index, value = parts
-      if index.startswith("-") and index[1:].isdigit():
-        return f"negative attribute index {index}"
-      if not (index.isascii() and index.isdigit()) or len(index) > 18:
-        return f"attribute index {index!r} is not a non-negative integer"
+      problem = _index_problem(index, "attribute index")
+      if problem:
+        return problem
       if not _NUM_RE.fullmatch(value):
         return f"non-numeric value {value!r}"
     return "malformed sparse row"
