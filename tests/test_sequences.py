@@ -459,13 +459,18 @@ def test_tie_embeddings_needs_vanilla_and_sasrec(tmp_path):
 def test_amazon_beauty_config_arguments():
   from test_configs import CONFIG_DIR, load_module  # pylint: disable=g-import-not-at-top
   module = load_module(CONFIG_DIR / "amazon_beauty.py")
-  assert module.get_config().head.type == "vanilla"
+  best = module.get_config()  # the validated MHC: clustered items, 6000 steps
+  assert best.head.type == "mhc" and best.head.label_order == "clustered"
+  assert best.to_dict() == {**module.get_config("head=mhc").to_dict(),
+                            "name": "amazon_beauty_best",
+                            "num_train_steps": 6000}
+  assert module.get_config("head=vanilla").head.type == "vanilla"
   both = module.get_config("head=mhc,runlocal")
   assert both.head.type == "mhc" and both.name == "amazon_beauty_mhc"
   assert both.num_train_steps == module.get_config("runlocal").num_train_steps
   assert both.num_train_steps < module.get_config("head=mhc").num_train_steps
   config_lib.validate(both)
-  with pytest.raises(ValueError, match=r"head='bert'; known: \['vanilla', "
+  with pytest.raises(ValueError, match=r"head='bert'; known: \['best', 'vanilla', "
                      r"'mhp', 'mhc', 'mhs'\]"):
     module.get_config("head=bert,runlocal")
   with pytest.raises(ValueError, match=r"unknown config argument 'heads'"):
