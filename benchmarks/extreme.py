@@ -3,8 +3,10 @@ r"""The two real extreme datasets, every row in one run: citeulike-t and Beauty.
 citeulike-t (52,946 tags; ``<data root>/citeulike_t``) and Amazon Beauty
 next-item prediction (54,542 items; ``<data root>/amazon_beauty``). For each
 dataset this trains ``configs/{dataset}.py`` once per head
-(``head=vanilla|mhp|mhc|mhs``) and once with no argument (method ``best``,
-the config as it stands: its default head) with
+(``head=vanilla|mhp|mhc|mhs``), once with no argument (method ``best``,
+the config as it stands: its default head) and, on citeulike-t, once as
+``head=vanilla,fit=least_squares`` (method ``vanilla_ls``: the full
+classifier fitted in closed form on the encoder of ``best``) with
 :func:`mhe_jax.train.train_and_evaluate` on the test split (a config that
 evaluates on validation is refused), and records per row:
 
@@ -82,7 +84,9 @@ FLAGS = flags.FLAGS
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 DATASETS = ("citeulike_t", "amazon_beauty")
-HEAD_METHODS = ("vanilla", "mhp", "mhc", "mhs", "best")
+HEAD_METHODS = ("vanilla", "vanilla_ls", "mhp", "mhc", "mhs", "best")
+METHOD_ARGS = {"vanilla_ls": ["head=vanilla", "fit=least_squares"]}
+METHOD_DATASETS = {"vanilla_ls": ("citeulike_t",)}  # where the method applies
 MHE_HEADS = ("mhp", "mhc", "mhs")
 PEER_METHODS = xmc_accuracy.PEER_METHODS
 PEER_DATASETS = ("citeulike_t",)  # the peers are multi-label XMC libraries
@@ -136,8 +140,9 @@ def config_arg(method: str, quick: bool) -> str | None:
   """``configs/{dataset}.py``'s argument for a head method."""
   if method not in HEAD_METHODS:
     raise ValueError(f"unknown head method {method!r}; known: {HEAD_METHODS}")
-  args = ([] if method == "best" else [f"head={method}"]) + (
-      ["runlocal"] if quick else [])
+  args = ([] if method == "best" else
+          METHOD_ARGS.get(method, [f"head={method}"])) + (
+              ["runlocal"] if quick else [])
   return ",".join(args) or None
 
 
@@ -272,7 +277,7 @@ def classifier_cost(config, data: registry.Dataset, *,
 
 # -------------------------------------------------------------------- rows
 def head_row(method: str, dataset: str, config_name: str, results: dict,
-             cost: dict, run: str) -> dict:
+             cost: dict, run: str, fit: str = "gradient") -> dict:
   """The JSON row of one ``train_and_evaluate`` result and its head's cost."""
   if results["eval_split"] != "test":
     raise ValueError(f"{config_name} evaluated on {results['eval_split']!r}, "
@@ -281,7 +286,7 @@ def head_row(method: str, dataset: str, config_name: str, results: dict,
           "train_examples_per_second", "num_params") + tuple(
               k for k in results if "@" in k)
   return {"dataset": dataset, "method": method, "kind": "mhe_jax",
-          "config": config_name, "head": results["head"],
+          "config": config_name, "head": results["head"], "fit": fit,
           "encoder": results["encoder"],
           **{k: results[k] for k in keep if k in results},
           **{k: v for k, v in cost.items() if k != "model_params"},
@@ -311,7 +316,8 @@ def run_head(method: str, dataset: str, *, quick: bool, run: str,
     raise AssertionError(f"{name}: the measured model has "
                          f"{cost['model_params']} parameters, the trainer's "
                          f"{results['num_params']}")
-  return head_row(method, dataset, name, results, cost, run)
+  return head_row(method, dataset, name, results, cost, run,
+                  fit=config.head.fit)
 
 
 def peer_row(method: str, dataset: str, train, test, run: str) -> dict:
@@ -366,9 +372,15 @@ def is_mhe(row: dict) -> bool:
 
 
 def step_ratio(row: dict, rows: list[dict]) -> float | None:
-  """Vanilla classifier step time / this row's, measured in the same run."""
+  """Vanilla classifier step time / this row's, measured in the same run.
+
+  The vanilla row is the one trained the same way (``fit``): gradient steps,
+  or the closed-form fit with its squared loss.
+  """
+  fit = row.get("fit", "gradient")
   vanilla = next((r for r in rows if r["kind"] == "mhe_jax"
-                  and r["method"] == "vanilla"
+                  and r["method"] in ("vanilla", "vanilla_ls")
+                  and r.get("fit", "gradient") == fit
                   and r["dataset"] == row["dataset"]), None)
   if (not is_mhe(row) or vanilla is None or vanilla.get("run") != row.get("run")
       or not row.get("classifier_step_seconds")):
@@ -524,6 +536,8 @@ def collect(datasets, methods, *, quick: bool, run: str,
                        f"{list(DATASETS)}")
     xc = None
     for method in methods:
+      if dataset not in METHOD_DATASETS.get(method, DATASETS):
+        continue
       if method in HEAD_METHODS:
         new = [run_head(method, dataset, quick=quick, run=run,
                         data_dir=data_dir, repeats=repeats)]
@@ -564,6 +578,8 @@ def cost_rows(datasets, methods, *, quick: bool, data_dir: str | None,
     for method in methods:
       if method not in HEAD_METHODS:
         raise ValueError(f"--cost_only measures heads; got {method!r}")
+      if dataset not in METHOD_DATASETS.get(method, DATASETS):
+        continue
       config, name = load_config(dataset, method, quick, data_dir)
       for train_rows in dict.fromkeys((config.data.train_rows, 0)):
         config.data.train_rows = train_rows

@@ -1,49 +1,74 @@
 r"""citeulike-t (52,946 tags; 20,780 train / 5,195 test articles).
 
-Every head shares one encoder: tf-idf bag of words (training rows keep
-their 64 largest tf-idf features, evaluation rows all) with word dropout
-0.2 -> sparse_mlp (512-d bag embedding, one 512 ReLU layer, dropout 0.5);
-adam 2e-3, cosine to 0, batch 128, 1200 steps (~7 epochs). The heads:
-
-* ``best`` (no argument) = ``head=mhc``: Multi-Head Cascade as a label tree,
-  labels in clustered order (balanced k-means of label centroids) under
-  radices (1024, 52), a vector per label at the second level
-  (``child_embedding='table'``, width 256), the label-set softmax of the
-  chain-rule distribution, beam 16.
-* ``head=vanilla``: the full 52,946-way classifier with the label-set
-  softmax and the label-prior bias (``head.bias_init='prior'``).
-* ``head=mhp`` / ``head=mhs``: two balanced heads with their defaults (MHS
-  with the prior bias; multi-label batches hold labels in every group, so
-  its sample is the whole classifier).
+* ``best`` (no argument) = ``head=mhc,fit=least_squares``: Multi-Head
+  Cascade as a two-level label tree fitted in closed form
+  (``mhe_jax/fit.py``). Encoder: the rank-2048 LSA projection of the tf-idf
+  rows (``encoder.embed_init='svd'``, no hidden layer). Labels in clustered
+  order under radices (1024, 52); level 1 is the ridge regression of "has a
+  tag in group g", level 2 a vector per tag, the ridge regression of the
+  tag (lambda 0.3, squared loss); beam 16 over the groups, tags ranked by
+  their level-2 outputs.
+* ``head=vanilla,fit=least_squares``: the full 52,946-way ridge classifier
+  on the same encoder.
+* ``head=vanilla|mhp|mhc|mhs`` (``fit=gradient``): one trained encoder
+  (tf-idf bag of words, training rows' 64 largest features, word dropout
+  0.2, 512-d bag, one 512 ReLU layer, dropout 0.5; adam 2e-3, cosine, batch
+  128, 1200 steps). mhc: the label tree above with 256-d tag vectors and the
+  label-set softmax; vanilla: label-set softmax, label-prior bias; mhp / mhs:
+  two balanced heads, BCE (mhs with the prior bias).
 
 Command:   python -m mhe_jax.main --config=configs/citeulike_t.py --workdir=/tmp/citeulike_t
-           (other heads: --config=configs/citeulike_t.py:head=vanilla, ...;
-           any head with ``,runlocal`` for a seconds-long smoke run)
+           (other variants: --config=configs/citeulike_t.py:head=vanilla, ...;
+           ``,runlocal`` for a seconds-long smoke run)
 Hardware:  2-core CPU, no accelerator.
-Walltime:  427 s in the training loop (1200 steps, 24.8M parameters) plus
-           ~90 s of label clustering at start (vanilla: 626 s, mhs: 595 s,
-           mhp: 89 s).
-Reached:   test P@1 / P@3 / P@5 = 55.07 / 39.76 / 32.16 (vanilla 55.32 /
-           39.77 / 32.26, mhs 40.71 / 28.67 / 23.14, mhp 32.84 / 15.07 /
-           10.84; omikuji 61.73 / 45.65 / 37.36 in the same run of
-           benchmarks/extreme.py). Chosen on --config.data.validation_fraction
-           =0.2 (53.5 / 38.9 / 31.9 there; omikuji 61.5 / 45.1 / 36.6);
-           trials: benchmarks/results/citeulike_tuning.json.
+Walltime:  see docs/results.md (``python benchmarks/extreme.py``).
+Reached:   validation (``--config.data.validation_fraction=0.2``) P@1 / P@5
+           65.4 / 38.2 (omikuji 61.5 / 36.6); test: docs/results.md.
+           Trials: benchmarks/results/citeulike_tuning.json.
 """
 
 from mhe_jax import config_lib
 
 HEADS = ("best", "vanilla", "mhp", "mhc", "mhs")
+FITS = ("default", "gradient", "least_squares")
+
+
+def _least_squares(config, runlocal: bool) -> None:
+  """The closed-form fit on a rank-D LSA encoder (mhe_jax/fit.py)."""
+  rank = 64 if runlocal else 2048
+  config.data.train_max_features = 0
+  config.encoder.embed_dim = rank
+  config.encoder.embed_init = "svd"
+  config.encoder.hidden = ()
+  config.encoder.dropout = 0.0
+  config.encoder.input_dropout = 0.0
+  config.head.fit = "least_squares"
+  config.head.multilabel_loss = "squared"
+  config.head.ridge_lambda = 0.3
+  config.head.hidden = rank
+  config.head.bias_init = "zeros"
+  config.num_train_steps = 1
+  config.eval_every = 0
 
 
 def get_config(arg: str | None = None):
-  args = config_lib.parse_arg(arg, head="best", runlocal=False)
+  args = config_lib.parse_arg(arg, head="best", fit="default", runlocal=False)
   if args.head not in HEADS:
     raise ValueError(f"configs/citeulike_t.py: head={args.head!r}; known: "
                      f"{list(HEADS)}")
+  if args.fit not in FITS:
+    raise ValueError(f"configs/citeulike_t.py: fit={args.fit!r}; known: "
+                     f"{list(FITS)}")
   head = "mhc" if args.head == "best" else args.head
+  fit = args.fit
+  if fit == "default":
+    fit = "least_squares" if args.head == "best" else "gradient"
+  if fit == "least_squares" and head not in ("vanilla", "mhc"):
+    raise ValueError("configs/citeulike_t.py: fit=least_squares fits "
+                     f"head=best|vanilla|mhc, got head={args.head!r}")
   config = config_lib.base_config()
-  config.name = f"citeulike_t_{args.head}"
+  config.name = f"citeulike_t_{args.head}" + (
+      "" if args.fit == "default" else f"_{args.fit}")
   config.data.name = "citeulike_t"
   config.data.train_max_features = 64
   config.encoder.type = "sparse_mlp"
@@ -74,4 +99,6 @@ def get_config(arg: str | None = None):
   config.optimizer.learning_rate = 2e-3
   if args.runlocal:
     config.num_train_steps = 20
+  if fit == "least_squares":
+    _least_squares(config, args.runlocal)
   return config

@@ -140,10 +140,20 @@ def test_citeulike_head_variants(head):
   local = module.get_config(f"head={head},runlocal")
   config_lib.validate(config)
   assert config.head.type == local.head.type == head
-  if head == "mhc":  # the no-argument config is the tuned MHC
-    assert module.get_config().to_dict() == {
-        **config.to_dict(), "name": "citeulike_t_best"}
   assert config.data.name == "citeulike_t"
   assert local.num_train_steps < config.num_train_steps
+  assert config.head.fit == "gradient"
   with pytest.raises(ValueError, match="known"):
     module.get_config("head=tree")
+  if head in ("vanilla", "mhc"):
+    fitted = module.get_config(f"head={head},fit=least_squares")
+    config_lib.validate(fitted)
+    assert fitted.head.fit == "least_squares"
+    assert fitted.num_train_steps == 1
+    assert fitted.head.hidden == fitted.encoder.embed_dim
+    if head == "mhc":  # the no-argument config is the closed-form MHC
+      assert module.get_config().to_dict() == {
+          **fitted.to_dict(), "name": "citeulike_t_best"}
+  else:
+    with pytest.raises(ValueError, match="fit=least_squares fits"):
+      module.get_config(f"head={head},fit=least_squares")

@@ -37,6 +37,8 @@ def test_config_arguments_and_split(bench):
   assert bench.config_arg("mhs", quick=True) == "head=mhs,runlocal"
   assert bench.config_arg("best", quick=False) is None
   assert bench.config_arg("best", quick=True) == "runlocal"
+  assert bench.config_arg("vanilla_ls", quick=True) == \
+      "head=vanilla,fit=least_squares,runlocal"
   with pytest.raises(ValueError, match="unknown head method"):
     bench.config_arg("unidec", quick=False)
   config = tiny_config_lib.get_config()
@@ -220,6 +222,19 @@ def test_markdown_marks_best_and_ratios(bench):
   mhs = lines["| mhe_jax mhs: mhs (`amazon_beauty.py:head=mhs`)"]
   assert mhs.endswith("| 80.0x |") and "**4.00**" in mhs
   assert "| clf step ms |" in text and "Klenitskiy" in text
+
+
+def test_step_ratio_pairs_rows_fitted_the_same_way(bench):
+  ls = lambda row: dict(row, fit="least_squares")
+  vanilla = _head("citeulike_t", "vanilla", "vanilla", 0.4, run="r")
+  vanilla_ls = ls(_head("citeulike_t", "vanilla_ls", "vanilla", 0.3, run="r"))
+  mhc = _head("citeulike_t", "mhc", "mhc", 0.05, run="r")
+  best = ls(_head("citeulike_t", "best", "mhc", 0.02, run="r"))
+  rows = [vanilla, vanilla_ls, mhc, best]
+  assert bench.step_ratio(mhc, rows) == pytest.approx(0.4 / 0.05)
+  assert bench.step_ratio(best, rows) == pytest.approx(0.3 / 0.02)
+  assert bench.step_ratio(best, [vanilla, best]) is None
+  assert bench.step_ratio(vanilla_ls, rows) is None  # not an MHE head
 
 
 def test_plot_writes_png(bench, tmp_path):
