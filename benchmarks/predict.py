@@ -1,7 +1,7 @@
 """Inference benchmark: one-request latency and batch throughput, per head.
 
 For each head (vanilla, mhp, mhc, mhs) on Delicious (983 labels; the
-``configs/delicious_<head>.py`` models), on citeulike-t (52,946 labels;
+``configs/delicious.py:head=<head>`` models), on citeulike-t (52,946 labels;
 ``configs/citeulike_t.py:head=<head>`` trained for ``--citeulike_steps``
 steps) and on a 10^6-label synthetic model
 (``configs/synthetic_1m_mhp.py:runlocal`` with that head, trained for
@@ -689,14 +689,14 @@ def _test_set(dataset: str, workdir) -> formats.XMCData:
 
 
 def _data_dir(dataset: str) -> pathlib.Path:
-  config = _config("delicious_mhp") if dataset == "delicious" else _config(
-      "citeulike_t", "head=mhp")
+  config = _config("delicious" if dataset == "delicious" else "citeulike_t",
+                   "head=mhp")
   return registry.data_root(config.data) / dataset
 
 
 def _mhe_config(dataset: str, head: str):
   if dataset == "delicious":
-    return _config(f"delicious_{head}")
+    return _config("delicious", f"head={head}")
   if dataset == "citeulike_t":
     config = _config("citeulike_t", f"head={head}")
     config.name = f"citeulike_t_{head}_{_CITEULIKE_STEPS.value}steps"
