@@ -25,13 +25,22 @@ def load_module(path: pathlib.Path):
   return module
 
 
+# Every (config file, head) of the modules that take ``head=...``.
+HEAD_VARIANTS = [(path, head) for path in CONFIG_FILES
+                 for head in getattr(load_module(path), "HEADS", ())]
+
+
 def test_config_files_exist():
   names = {p.stem for p in CONFIG_FILES}
-  expected = {"default", "xc_files", "synthetic_1m_mhp"}
-  expected |= {f"bibtex_{h}" for h in ("vanilla", "mhp", "mhc", "mhs")}
-  expected |= {f"delicious_{h}" for h in ("vanilla", "mhp", "mhc", "mhs")}
-  expected |= {f"shakespeare_{h}" for h in ("vanilla", "mhp", "mhs")}
+  expected = {"default", "xc_files", "synthetic_1m_mhp", "bibtex",
+              "delicious", "shakespeare", "citeulike_t", "amazon_beauty"}
   assert expected <= names, sorted(expected - names)
+  heads = {(p.stem, h) for p, h in HEAD_VARIANTS}
+  for dataset in ("bibtex", "delicious"):
+    assert {(dataset, h) for h in ("best", "vanilla", "mhp", "mhc", "mhs",
+                                   "unidec", "lightdxml")} <= heads
+  assert {("shakespeare", h)
+          for h in ("vanilla", "mhp", "mhp3", "mhs")} <= heads
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
@@ -41,6 +50,28 @@ def test_config_loads_and_validates(path, arg):
   config_lib.validate(config)
   if arg == "runlocal":  # never longer than the full config
     assert config.num_train_steps <= load_module(path).get_config().num_train_steps
+
+
+@pytest.mark.parametrize("path,head", HEAD_VARIANTS,
+                         ids=[f"{p.stem}:{h}" for p, h in HEAD_VARIANTS])
+def test_head_variant_loads_and_validates(path, head):
+  module = load_module(path)
+  config = module.get_config(f"head={head}")
+  local = module.get_config(f"head={head},runlocal")
+  config_lib.validate(config)
+  config_lib.validate(local)
+  assert config.name == local.name == f"{path.stem}_{head}"
+  assert local.num_train_steps <= config.num_train_steps
+  assert local.data.name == config.data.name
+
+
+@pytest.mark.parametrize("path", sorted({p for p, _ in HEAD_VARIANTS}),
+                         ids=lambda p: p.stem)
+def test_unknown_head_raises_and_lists_the_heads(path):
+  module = load_module(path)
+  with pytest.raises(ValueError, match=r"head='nope'; known: \[") as e:
+    module.get_config("head=nope")
+  assert all(repr(h) in str(e.value) for h in module.HEADS)
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
@@ -56,19 +87,21 @@ def test_docstring_gives_command_hardware_walltime(path):
 
 
 def test_from_file_applies_overrides():
-  path = CONFIG_DIR / "shakespeare_mhp.py"
-  expected = load_module(path).get_config("runlocal")
+  path = CONFIG_DIR / "shakespeare.py"
+  expected = load_module(path).get_config("head=mhp,runlocal")
   expected.head.type = "mhc"
   expected.head.beam = 4
-  config = config_lib.from_file(path, "runlocal",
+  config = config_lib.from_file(path, "head=mhp,runlocal",
                                 {"head.type": "mhc", "head.beam": 4})
   assert config.to_dict() == expected.to_dict()
   with pytest.raises(ValueError, match="head.bem"):
     config_lib.from_file(path, None, {"head.bem": 4})
 
 
-def _runlocal(name, **overrides):
-  config = load_module(CONFIG_DIR / f"{name}.py").get_config("runlocal")
+def _runlocal(name, arg="", **overrides):
+  """``configs/<name>.py:<arg>,runlocal`` with dotted-key overrides."""
+  config = load_module(CONFIG_DIR / f"{name}.py").get_config(
+      ",".join(filter(None, (arg, "runlocal"))))
   for key, value in overrides.items():
     node = config
     *parents, last = key.split(".")
@@ -79,7 +112,8 @@ def _runlocal(name, **overrides):
 
 
 def test_runlocal_bibtex_mhp_trains(tmp_path):
-  results = train.train_and_evaluate(_runlocal("bibtex_mhp"), tmp_path)
+  results = train.train_and_evaluate(_runlocal("bibtex", "head=mhp"),
+                                     tmp_path)
   assert results["dataset"] == "bibtex" and results["eval_split"] == "test"
   assert set(ML_KEYS) <= set(results)
   assert results["P@1"] > 0.05, results  # random guessing: ~1.5%
@@ -87,7 +121,8 @@ def test_runlocal_bibtex_mhp_trains(tmp_path):
 
 
 def test_runlocal_shakespeare_mhs_trains(tmp_path):
-  results = train.train_and_evaluate(_runlocal("shakespeare_mhs"), tmp_path)
+  results = train.train_and_evaluate(_runlocal("shakespeare", "head=mhs"),
+                                     tmp_path)
   assert not results["multilabel"]
   assert {"acc@1", "acc@5"} <= set(results)
   assert results["acc@5"] > 0.05, results  # top words ("the", "I", ...)
@@ -105,7 +140,7 @@ def test_runlocal_xc_files_on_bibtex_trains(tmp_path, shared_data):
 
 
 def test_from_json_restores_a_saved_config_and_skips_retired_keys(tmp_path):
-  expected = load_module(CONFIG_DIR / "bibtex_mhc.py").get_config()
+  expected = load_module(CONFIG_DIR / "bibtex.py").get_config("head=mhc")
   saved = json.loads(expected.to_json())
   saved["head"]["retired_option"] = 3  # a key this version does not declare
   path = tmp_path / "config.json"
