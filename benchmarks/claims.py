@@ -4,18 +4,18 @@ Liang et al. (TPAMI 2024, arXiv 2412.10182) make three claims beside the
 accuracy tables; this script checks each on this machine:
 
 (a) ``heads``: accuracy as the number of heads H grows at fixed C. Shakespeare
-    next word (C = 11,697; ``configs/shakespeare_mhp.py`` with
+    next word (C = 11,697; ``configs/shakespeare.py:head=mhp`` with
     ``head.num_heads`` = 2, 3, 4; 600 steps) against the full softmax
-    (``configs/shakespeare_vanilla.py``). More heads = shorter heads (109,
+    (``configs/shakespeare.py:head=vanilla``). More heads = shorter heads (109,
     23, 11 outputs per head) = a smaller classifier.
 (b) ``label_order``: "label order does not matter once the model fits"
     (Sec. 4: MHE needs no label preprocessing such as a label tree or label
     clustering). MHP with ``head.label_order`` = given / random / clustered
     (:mod:`mhe_jax.label_order`: balanced k-means of label centroids, the
     LightXML / PECOS recipe), vanilla as reference, on
-    - Delicious (C = 983, multi-label; ``configs/delicious_mhp.py``, and
-      ``configs/delicious_mhc.py`` whose cascade is a label tree),
-    - Shakespeare next word (``configs/shakespeare_mhp.py``, H = 2),
+    - Delicious (C = 983, multi-label; ``configs/delicious.py:head=mhp``,
+      and ``:head=mhc`` whose cascade is a label tree),
+    - Shakespeare next word (``configs/shakespeare.py:head=mhp``, H = 2),
     - a noisy Gaussian mixture (C = 2000, d = 64, noise 1.0; the MLP +
       head loop of ``mhe_jax.mixture``) where MHP trails the full softmax
       badly after 300 steps, and again after 1500 steps; and at noise 0.5
@@ -103,15 +103,18 @@ GMM_ORDER_SETTINGS = ((1.0, 300), (1.0, 1500), (0.5, 1500))
 GMM_RANK_NOISE = 0.5
 GMM_RANK_STEPS = 600
 RANKS = (2, 4, 8, 16, 64)
-SHAKESPEARE_HIDDEN = 512  # configs/shakespeare_*.py: encoder output width
+SHAKESPEARE_HIDDEN = 512  # configs/shakespeare.py: encoder output width
 LOSSES = ("ce", "squared", "squared_rescaled")
 
 
 # ----------------------------------------------------------------- trainer
-def trainer_run(module: str, overrides: dict, quick: bool, seed: int) -> dict:
-  """``configs/<module>.py`` with dotted overrides, trained and evaluated."""
-  config = config_lib.from_file(REPO / "configs" / f"{module}.py",
-                                "runlocal" if quick else None, overrides)
+def trainer_run(dataset: str, head: str, overrides: dict, quick: bool,
+                seed: int) -> dict:
+  """``configs/<dataset>.py:head=<head>`` with dotted overrides, trained and
+  evaluated."""
+  arg = f"head={head}" + (",runlocal" if quick else "")
+  config = config_lib.from_file(REPO / "configs" / f"{dataset}.py", arg,
+                                overrides)
   config.seed = seed
   with tempfile.TemporaryDirectory(prefix="mhe_claims_") as workdir:
     t0 = time.perf_counter()
@@ -119,7 +122,8 @@ def trainer_run(module: str, overrides: dict, quick: bool, seed: int) -> dict:
     wall = time.perf_counter() - t0
   keep = ("acc@1", "acc@5", "P@1", "P@3", "P@5", "num_params", "steps",
           "train_seconds", "num_classes")
-  return dict(config=module, overrides=overrides, wall_seconds=wall,
+  return dict(config=f"configs/{dataset}.py:{arg}", overrides=overrides,
+              wall_seconds=wall,
               **{k: results[k] for k in keep if k in results})
 
 
@@ -177,36 +181,37 @@ def part_heads(quick: bool, seed: int, log) -> list[dict]:
   rows = []
   heads = (2, 3) if quick else (2, 3, 4)
   for h in heads:
-    r = trainer_run("shakespeare_mhp", {"head.num_heads": h}, quick, seed)
+    r = trainer_run("shakespeare", "mhp", {"head.num_heads": h}, quick, seed)
     rows.append(dict(dataset="shakespeare", head="mhp", num_heads=h, **r))
     log(rows[-1])
   if not _SKIP_SHAKESPEARE_VANILLA.value:
-    r = trainer_run("shakespeare_vanilla", {}, quick, seed)
+    r = trainer_run("shakespeare", "vanilla", {}, quick, seed)
     rows.append(dict(dataset="shakespeare", head="vanilla", num_heads=1, **r))
     log(rows[-1])
   return rows
 
 
 def _order_runs(runs, quick, seed, log, reuse=None) -> list[dict]:
-  """Trainer runs of (module, dataset, head) for every label order."""
+  """Trainer runs of (dataset, head) for every label order."""
   rows = []
-  for module, dataset, head in runs:
+  for dataset, head in runs:
     for order in ORDERS:
       if order == "given" and reuse:
         r = {k: v for k, v in reuse.items()
              if k not in ("dataset", "head", "num_heads")}
       else:
-        r = trainer_run(module, {"head.label_order": order,
-                                 "head.label_order_seed": seed}, quick, seed)
+        r = trainer_run(dataset, head, {"head.label_order": order,
+                                        "head.label_order_seed": seed},
+                        quick, seed)
       rows.append(dict(dataset=dataset, head=head, order=order, **r))
       log(rows[-1])
   return rows
 
 
 def part_order_delicious(quick: bool, seed: int, log) -> list[dict]:
-  rows = _order_runs((("delicious_mhp", "delicious", "mhp"),
-                      ("delicious_mhc", "delicious", "mhc")), quick, seed, log)
-  r = trainer_run("delicious_vanilla", {}, quick, seed)
+  rows = _order_runs((("delicious", "mhp"), ("delicious", "mhc")), quick,
+                     seed, log)
+  r = trainer_run("delicious", "vanilla", {}, quick, seed)
   rows.append(dict(dataset="delicious", head="vanilla", order="-", **r))
   log(rows[-1])
   return rows
@@ -217,8 +222,8 @@ def part_order_shakespeare(quick: bool, seed: int, log,
   """MHP H = 2; reuses part (a)'s 'given' and vanilla runs when present."""
   given = next((r for r in heads_rows
                 if r["head"] == "mhp" and r["num_heads"] == 2), None)
-  rows = _order_runs((("shakespeare_mhp", "shakespeare", "mhp"),), quick,
-                     seed, log, reuse=given)
+  rows = _order_runs((("shakespeare", "mhp"),), quick, seed, log,
+                     reuse=given)
   for r in heads_rows:
     if r["head"] == "vanilla":
       rows.append(dict(r, order="-"))

@@ -16,7 +16,7 @@ data, ``--classes`` labels, 40 steps) in a temporary directory; with it, any
 bag-of-words workdir, e.g. Delicious::
 
   python benchmarks/serve_load.py
-  python -m mhe_jax.main --config=configs/delicious_mhp.py \\
+  python -m mhe_jax.main --config=configs/delicious.py:head=mhp \\
       --workdir=/tmp/delicious_mhp
   python benchmarks/serve_load.py --workdir=/tmp/delicious_mhp
 

@@ -1,17 +1,17 @@
 """Large vocabulary: Shakespeare next word, vanilla softmax vs MHE heads.
 
 Trains every setting below with :func:`mhe_jax.train.train_and_evaluate` on
-the same task, encoder and schedule (the ``configs/shakespeare_*.py``
-configs: 4 previous words -> token_context encoder -> head; 11,697 classes;
-600 steps of 256; adam 2e-3 cosine) and evaluates on the test part:
+the same task, encoder and schedule (the heads of ``configs/shakespeare.py``:
+4 previous words -> token_context encoder -> head; 11,697 classes; 600 steps
+of 256; adam 2e-3 cosine) and evaluates on the test part:
 
-* ``vanilla``: full softmax over 11,697 words (``shakespeare_vanilla``).
-* ``mhp H=2`` / ``mhp H=3``: Multi-Head Product (``shakespeare_mhp``,
-  ``shakespeare_mhp3``).
+* ``vanilla``: full softmax over 11,697 words (``:head=vanilla``).
+* ``mhp H=2`` / ``mhp H=3``: Multi-Head Product (``:head=mhp``,
+  ``:head=mhp3``).
 * ``mhs``: Multi-Head Sampling, full classifier trained on 256 sampled groups
-  of 12 words (``shakespeare_mhs``).
-* ``mhc H=2``: Multi-Head Cascade, ``shakespeare_mhp`` with
-  ``head.type=mhc`` (untuned defaults: beam 16, hidden 64).
+  of 12 words (``:head=mhs``).
+* ``mhc H=2``: Multi-Head Cascade, ``:head=mhp`` with ``head.type=mhc``
+  (untuned defaults: beam 16, hidden 64).
 
 For each it records acc@1 / acc@5, the train-loop time per step after
 compilation ((train_seconds - compile_seconds) / (steps - 1) from the
@@ -47,13 +47,14 @@ from mhe_jax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-# (name, config module in configs/, overrides as dotted key -> value)
+CONFIG = REPO / "configs" / "shakespeare.py"
+# (name, head of configs/shakespeare.py, overrides as dotted key -> value)
 SETTINGS = (
-    ("vanilla", "shakespeare_vanilla", {}),
-    ("mhp H=2", "shakespeare_mhp", {}),
-    ("mhp H=3", "shakespeare_mhp3", {}),
-    ("mhs", "shakespeare_mhs", {}),
-    ("mhc H=2", "shakespeare_mhp", {"head.type": "mhc"}),
+    ("vanilla", "vanilla", {}),
+    ("mhp H=2", "mhp", {}),
+    ("mhp H=3", "mhp3", {}),
+    ("mhs", "mhs", {}),
+    ("mhc H=2", "mhp", {"head.type": "mhc"}),
 )
 
 _SETTINGS = flags.DEFINE_list(
@@ -90,10 +91,10 @@ def param_counts(config) -> dict[str, int]:
               encoder_params=_count(model.encoder), model_params=_count(model))
 
 
-def run_setting(name: str, module: str, overrides: dict, quick: bool,
+def run_setting(name: str, head: str, overrides: dict, quick: bool,
                 seed: int) -> dict:
-  config = config_lib.from_file(REPO / "configs" / f"{module}.py",
-                                "runlocal" if quick else None, overrides)
+  arg = f"head={head}" + (",runlocal" if quick else "")
+  config = config_lib.from_file(CONFIG, arg, overrides)
   config.seed = seed
   counts = param_counts(config)
   with tempfile.TemporaryDirectory(prefix="mhe_shakespeare_") as workdir:
@@ -105,7 +106,8 @@ def run_setting(name: str, module: str, overrides: dict, quick: bool,
                   (steps - 1) if steps > 1 else None)
   assert counts["model_params"] == results["num_params"], (counts, results)
   return dict(
-      setting=name, config=module, overrides=overrides, seed=seed,
+      setting=name, config=f"configs/{CONFIG.name}:{arg}",
+      overrides=overrides, seed=seed,
       head=config.head.type, num_heads=config.head.num_heads,
       num_classes=results["num_classes"], steps=steps,
       batch_size=config.batch_size, acc1=results["acc@1"],
@@ -232,8 +234,8 @@ def main(argv):
     meta["merged_from"] = [previous] + previous.pop("merged_from", [])
   t_start = time.perf_counter()
   for seed, name in todo:
-    _, module, overrides = known[name]
-    row = run_setting(name, module, overrides, _QUICK.value, seed)
+    _, head, overrides = known[name]
+    row = run_setting(name, head, overrides, _QUICK.value, seed)
     results["rows"].append(row)
     print(f"{name:<9} seed {seed}  acc@1 {100 * row['acc1']:5.1f}  acc@5 "
           f"{100 * row['acc5']:5.1f}  {1e3 * row['step_seconds']:7.1f} ms/step"

@@ -1,10 +1,10 @@
 """Accuracy on Bibtex and Delicious: every head, peer XMC libraries, published rows.
 
 For each dataset (official Mulan split, ``../shared/data/{name}/train.txt``,
-``test.txt``) this trains every ``configs/{dataset}_{method}.py`` that exists
-(vanilla, mhp, mhc, mhs, best, unidec, lightdxml) with
+``test.txt``) this trains ``configs/{dataset}.py:head={method}`` for every
+head its ``HEADS`` names (vanilla, mhp, mhc, mhs, best, unidec, lightdxml) with
 :func:`mhe_jax.train.train_and_evaluate` on the test split; ``best_ensemble``
-trains ``configs/{dataset}_best.py`` with ``--ensemble`` seeds (0, 1, ...)
+trains ``configs/{dataset}.py:head=best`` with ``--ensemble`` seeds (0, 1, ...)
 and ranks labels by the sum of the models' head scores (their logits for a
 BCE classifier), scored like every other row; its seed-0 member is reported
 as the ``best`` row (the config as it stands) instead of a separate run. It then runs the peer
@@ -44,6 +44,7 @@ method replaced), so datasets or methods can be (re)run one at a time.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import pathlib
@@ -77,7 +78,7 @@ COLUMNS = ("P@1", "P@3", "P@5", "nDCG@5", "PSP@5")
 # best_ensemble_knn: the ensemble's mean sigmoid blended with kNN label votes
 # (mhe_jax.knn.label_scores). The settings were chosen on the validation tail of the
 # training file by `python benchmarks/xmc_tuning.py --blend
-# --config=configs/{dataset}_best.py --members=N` over KNN_GRID (the whole
+# --config=configs/{dataset}.py:head=best --members=N` over KNN_GRID (the whole
 # grid is in that trial's entry of benchmarks/results/xmc_tuning.json); the
 # test split never chose them.
 KNN_GRID = {"k": (10, 25, 50, 100), "power": (1, 2, 4, 8),
@@ -113,8 +114,8 @@ _DATASETS = flags.DEFINE_list("datasets", ["bibtex", "delicious"], "Datasets.")
 _METHODS = flags.DEFINE_list(
     "methods", list(HEAD_METHODS + ENSEMBLE_METHODS + PEER_METHODS)
     + ["published"],
-    "Methods: config suffixes (configs/{dataset}_{method}.py, skipped when "
-    "absent), peers, 'published'.")
+    "Methods: heads of configs/{dataset}.py (head={method}, skipped when "
+    "not in its HEADS), peers, 'published'.")
 _QUICK = flags.DEFINE_bool("quick", False,
                            "runlocal configs (seconds; numbers meaningless).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
@@ -145,6 +146,37 @@ def data_root() -> pathlib.Path:
 
 def load_config(path: pathlib.Path, arg: str | None):
   return config_lib.from_file(path, arg)
+
+
+def config_arg(dataset: str, method: str,
+               quick: bool) -> tuple[pathlib.Path, str] | None:
+  """``(configs/{dataset}.py, 'head={method}')`` (``,runlocal`` when
+  ``quick``), or None when that module has no such head."""
+  path = REPO / "configs" / f"{dataset}.py"
+  if not path.exists():
+    return None
+  spec = importlib.util.spec_from_file_location(f"configs_{dataset}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if method not in module.HEADS:
+    return None
+  return path, f"head={method}" + (",runlocal" if quick else "")
+
+
+def config_name(config: str) -> str:
+  """A row's ``config`` field as the config's name: ``bibtex_best``.
+
+  A row names the config it ran as ``configs/bibtex.py:head=best`` (with
+  ``,runlocal`` under ``--quick``), or, as the rows kept in
+  benchmarks/results/xmc_accuracy.json do, by a file per config,
+  ``configs/bibtex_best.py`` (``:runlocal``); both give ``bibtex_best``
+  (``bibtex_best:runlocal``).
+  """
+  file, _, arg = config.split("/")[-1].partition(":")
+  stem = file.replace(".py", "")
+  args = dict(a.partition("=")[::2] for a in arg.split(",") if a)
+  name = f"{stem}_{args.pop('head')}" if "head" in args else stem
+  return name + "".join(f":{a}" for a in args)
 
 
 # ------------------------------------------------------------------ scoring
@@ -271,29 +303,30 @@ def run_peer(method: str, dataset: str, train, test) -> dict:
 
 def run_config(method: str, dataset: str) -> dict | None:
   from mhe_jax import train as train_lib  # pylint: disable=g-import-not-at-top
-  path = REPO / "configs" / f"{dataset}_{method}.py"
-  if not path.exists():
+  found = config_arg(dataset, method, _QUICK.value)
+  if found is None:
     return None
-  config = load_config(path, "runlocal" if _QUICK.value else None)
+  path, arg = found
+  config = load_config(path, arg)
   if _DATA_DIR.value:
     config.data.data_dir = _DATA_DIR.value
   config.checkpoint_every = 0
   with tempfile.TemporaryDirectory() as workdir:
     results = train_lib.train_and_evaluate(config, workdir)
-  return config_row(method, dataset, path, results)
+  return config_row(method, dataset, path, arg, results)
 
 
-def config_row(method: str, dataset: str, path: pathlib.Path,
+def config_row(method: str, dataset: str, path: pathlib.Path, arg: str,
                results: dict) -> dict:
   """The table row of one ``train_and_evaluate`` result on the test split."""
   if results["eval_split"] != "test":
-    raise ValueError(f"{path} evaluates on {results['eval_split']!r}, not test")
+    raise ValueError(f"{path}:{arg} evaluates on {results['eval_split']!r}, "
+                     "not test")
   keep = ("steps", "train_seconds", "compile_seconds", "num_params",
           "train_examples_per_second") + tuple(
               k for k in results if "@" in k)
   return {"dataset": dataset, "method": method, "kind": "mhe_jax",
-          "config": f"configs/{path.name}" + (":runlocal" if _QUICK.value
-                                              else ""),
+          "config": f"configs/{path.name}:{arg}",
           "head": results["head"], **{k: results[k] for k in keep}}
 
 
@@ -340,8 +373,8 @@ class Ensemble(NamedTuple):
 def ensemble(config, seeds) -> Ensemble:
   """Trains ``config`` once per seed; scores the sum of the head scores.
 
-  The members' head scores are BCE logits (``configs/*_best.py`` use the
-  vanilla head); :attr:`Ensemble.probs` averages their sigmoids for
+  The members' head scores are BCE logits (the ``head=best`` configs use
+  the vanilla head); :attr:`Ensemble.probs` averages their sigmoids for
   :func:`blend`. ``config.data.validation_fraction`` > 0 trains on the head
   of the training file and scores its tail.
   """
@@ -394,26 +427,28 @@ def best_of_grid(grid_rows: list[dict]) -> dict:
 
 
 def run_ensemble(dataset: str) -> list[dict]:
-  """``configs/{dataset}_best.py`` trained with seeds 0..n-1.
+  """``configs/{dataset}.py:head=best`` trained with seeds 0..n-1.
 
   Returns the 'best' row (the seed-0 member, which is the config as it
   stands), the ensemble's row (summed logits) and, for a dataset in
   :data:`KNN_BLEND`, the same members blended with kNN label votes at the
   setting chosen on validation.
   """
-  path = REPO / "configs" / f"{dataset}_best.py"
-  if not path.exists():
+  found = config_arg(dataset, "best", _QUICK.value)
+  if found is None:
     return []
-  config = load_config(path, "runlocal" if _QUICK.value else None)
+  path, arg = found
+  config = load_config(path, arg)
   if _DATA_DIR.value:
     config.data.data_dir = _DATA_DIR.value
   if config.seed != 0:
-    raise ValueError(f"{path}: best_ensemble expects seed 0, got {config.seed}")
+    raise ValueError(f"{path}:{arg}: best_ensemble expects seed 0, got "
+                     f"{config.seed}")
   run = ensemble(config, range(_ENSEMBLE.value))
-  name = f"configs/{path.name}" + (":runlocal" if _QUICK.value else "")
+  name = f"configs/{path.name}:{arg}"
   members = [{k: m[k] for k in COLUMNS + ("train_seconds",)}
              for m in run.members]
-  rows = [config_row("best", dataset, path, run.members[0]),
+  rows = [config_row("best", dataset, path, arg, run.members[0]),
           {"dataset": dataset, "method": "best_ensemble", "kind": "mhe_jax",
            "config": name,
            "settings": f"sum of the head scores of {_ENSEMBLE.value} models "
@@ -467,7 +502,7 @@ def row_name(row: dict) -> str:
     return f"{row['method']} (published)"
   if row["kind"] == "peer":
     return f"{PEER_NAMES.get(row['method'], row['method'])} (peer)"
-  config = row.get("config", "").split("/")[-1].replace(".py", "")
+  config = config_name(row.get("config", ""))
   if row["method"] == "best_ensemble":
     return (f"mhe_jax `{config}`, ensemble of {len(row.get('members', []))} "
             "seeds")

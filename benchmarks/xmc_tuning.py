@@ -7,10 +7,10 @@ is appended to ``benchmarks/results/xmc_tuning.json`` with its settings,
 validation P@1/P@3/P@5 and train seconds, so the README can say what was
 tuned and how.
 
-  python benchmarks/xmc_tuning.py --config=configs/bibtex_vanilla.py \
+  python benchmarks/xmc_tuning.py --config=configs/bibtex.py:head=vanilla \
       --set=encoder.hidden=() --set=encoder.embed_dim=1024
-  python benchmarks/xmc_tuning.py --config=configs/bibtex_best.py --members=5
-  python benchmarks/xmc_tuning.py --config=configs/bibtex_best.py --members=5 \
+  python benchmarks/xmc_tuning.py --config=configs/bibtex.py:head=best --members=5
+  python benchmarks/xmc_tuning.py --config=configs/bibtex.py:head=best --members=5 \
       --blend   # + kNN label votes: the blend grid, best setting logged
   python benchmarks/xmc_tuning.py --markdown   # the trial log as a table
 """

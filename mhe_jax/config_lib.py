@@ -348,7 +348,7 @@ def from_file(path: str | pathlib.Path, arg: str | None = None,
 
   Example::
 
-    config = from_file("configs/shakespeare_mhp.py", "runlocal",
+    config = from_file("configs/shakespeare.py", "head=mhp,runlocal",
                        {"head.type": "mhc"})
   """
   path = pathlib.Path(path)

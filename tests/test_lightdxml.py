@@ -66,9 +66,9 @@ def test_lightdxml_learns_synthetic_on_a_classes_mesh(tmp_path):
 
 # One end-to-end run per method (the delicious config's code path is the
 # same; every config still loads and validates in test_configs.py).
-@pytest.mark.parametrize("name,num_classes", [("bibtex_lightdxml", 159)])
-def test_runlocal_lightdxml_configs_train(name, num_classes, tmp_path):
-  runlocal_trains(name, tmp_path, num_classes)
+@pytest.mark.parametrize("dataset,num_classes", [("bibtex", 159)])
+def test_runlocal_lightdxml_configs_train(dataset, num_classes, tmp_path):
+  runlocal_trains(dataset, "lightdxml", tmp_path, num_classes)
 
 
 @pytest.mark.parametrize("method,expected", [("lightdxml", "exact"),
@@ -76,7 +76,7 @@ def test_runlocal_lightdxml_configs_train(name, num_classes, tmp_path):
 def test_auto_index_is_exact_for_lightdxml_above_the_size_switch(
     shared_data, method, expected):
   config = config_lib.from_file(
-      REPO_ROOT / "configs" / f"bibtex_{method}.py", "runlocal",
+      REPO_ROOT / "configs" / "bibtex.py", f"head={method},runlocal",
       {"head.index": "auto", "head.exact_index_max_labels": 100,
        "head.index_probe": 16, "data.data_dir": str(shared_data)})
   data = registry.load_dataset(config.data, config.seed)

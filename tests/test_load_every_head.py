@@ -163,10 +163,10 @@ def test_predict_cli_on_a_unidec_workdir(trained, tmp_path):
 
 def test_runlocal_bibtex_unidec_loads_and_predicts_its_eval(
     shared_data, tmp_path, monkeypatch):
-  """configs/bibtex_unidec.py:runlocal trains (fewer steps here), then
+  """configs/bibtex.py:head=unidec,runlocal trains (fewer steps here), then
   mhe_jax.load(workdir) ranks the test split as the trainer's evaluation."""
   config = config_lib.from_file(
-      REPO_ROOT / "configs" / "bibtex_unidec.py", "runlocal",
+      REPO_ROOT / "configs" / "bibtex.py", "head=unidec,runlocal",
       {"data.data_dir": str(shared_data), "num_train_steps": 4})
   _Recorder.seen = []
   monkeypatch.setattr(train.metrics_lib, "XMCMetrics", _Recorder)

@@ -3,12 +3,15 @@
 Every ```python block of README.md and docs/*.md is executed, the blocks of
 one page in order in one namespace (like a notebook). Paths are redirected:
 ``"../shared/data/..."`` to the real-data directory, and a string
-``"/tmp/NAME..."`` to a temporary directory; when ``configs/NAME.py`` exists,
-``/tmp/NAME`` is that config's workdir, trained with its ``runlocal``
-argument (seconds) before the page runs, so the load-and-predict examples run
-against a real workdir.
+``"/tmp/NAME..."`` to a temporary directory; when NAME is a config's name
+(``configs/NAME.py``, or ``DATASET_HEAD`` for ``configs/DATASET.py:head=HEAD``,
+as ``--workdir=/tmp/delicious_mhc`` beside ``--config=configs/delicious.py:
+head=mhc``), ``/tmp/NAME`` is that config's workdir, trained with its
+``runlocal`` argument (seconds) before the page runs, so the load-and-predict
+examples run against a real workdir.
 """
 
+import importlib.util
 import pathlib
 import re
 import subprocess
@@ -41,16 +44,45 @@ def python_blocks(text: str) -> list[str]:
   return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
+def config_of_workdir(name: str) -> tuple[pathlib.Path, str] | None:
+  """``(configs/X.py, its runlocal argument)`` of the config named ``name``.
+
+  ``configs/NAME.py`` itself, else ``configs/DATASET.py`` with
+  ``head=HEAD`` for ``NAME = DATASET_HEAD`` and HEAD in its ``HEADS``.
+  """
+  configs = REPO_ROOT / "configs"
+  if (configs / f"{name}.py").is_file():
+    return configs / f"{name}.py", "runlocal"
+  for path in sorted(configs.glob("*.py")):
+    if name.startswith(f"{path.stem}_"):
+      spec = importlib.util.spec_from_file_location(f"doc_{path.stem}", path)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      head = name[len(path.stem) + 1:]
+      if head in getattr(module, "HEADS", ()):
+        return path, f"head={head},runlocal"
+  return None
+
+
+def test_config_of_workdir():
+  configs = REPO_ROOT / "configs"
+  assert config_of_workdir("default") == (configs / "default.py", "runlocal")
+  assert config_of_workdir("delicious_mhc") == (configs / "delicious.py",
+                                                "head=mhc,runlocal")
+  assert config_of_workdir("shakespeare_mhp") == (configs / "shakespeare.py",
+                                                  "head=mhp,runlocal")
+  assert config_of_workdir("delicious_mhc_export") is None
+
+
 @pytest.fixture(scope="module")
 def runlocal_workdir(tmp_path_factory):
-  """configs/NAME.py:runlocal trained once per module -> its workdir."""
+  """A config's runlocal variant trained once per module -> its workdir."""
   root = tmp_path_factory.mktemp("workdirs")
   trained = {}
 
   def get(name: str) -> pathlib.Path:
     if name not in trained:
-      config = config_lib.from_file(REPO_ROOT / "configs" / f"{name}.py",
-                                    "runlocal")
+      config = config_lib.from_file(*config_of_workdir(name))
       train.train_and_evaluate(config, root / name)
       trained[name] = root / name
     return trained[name]
@@ -73,7 +105,7 @@ def test_python_blocks_run(page, shared_data, runlocal_workdir, tmp_path):
 
     def redirect(match):
       name = match.group(1)
-      if (REPO_ROOT / "configs" / f"{name}.py").is_file():
+      if config_of_workdir(name):
         return f'"{runlocal_workdir(name)}'
       return f'"{tmp_path / name}'
     block = _TMP_PATH.sub(redirect, block)

@@ -213,17 +213,19 @@ def test_unidec_checkpoint_holds_index_and_step(tmp_path):
 
 
 def test_label_names_come_from_the_mulan_xml(shared_data):
-  config = load_module(REPO_ROOT / "configs" / "bibtex_unidec.py").get_config()
+  config = load_module(REPO_ROOT / "configs" / "bibtex.py").get_config(
+      "head=unidec")
   config.data.data_dir = str(shared_data)
   data = registry.load_dataset(config.data, 0)
   names = registry.label_names(config.data, data)
   assert len(names) == 159 and names[4] == "TAG_algorithms"
 
 
-def runlocal_trains(name, tmp_path, num_classes):
-  """configs/{name}.py:runlocal, cut to 2 steps, trains and evaluates."""
-  config = load_module(REPO_ROOT / "configs" / f"{name}.py").get_config(
-      "runlocal")
+def runlocal_trains(dataset, head, tmp_path, num_classes):
+  """configs/{dataset}.py:head={head},runlocal, cut to 2 steps, trains and
+  evaluates."""
+  config = load_module(REPO_ROOT / "configs" / f"{dataset}.py").get_config(
+      f"head={head},runlocal")
   config.num_train_steps = 2
   results = train.train_and_evaluate(config, tmp_path)
   assert results["head"] == config.head.type
@@ -233,6 +235,6 @@ def runlocal_trains(name, tmp_path, num_classes):
 
 # One end-to-end run per method (the bibtex config's code path is the same;
 # every config still loads and validates in test_configs.py).
-@pytest.mark.parametrize("name,num_classes", [("delicious_unidec", 983)])
-def test_runlocal_unidec_configs_train(name, num_classes, tmp_path):
-  runlocal_trains(name, tmp_path, num_classes)
+@pytest.mark.parametrize("dataset,num_classes", [("delicious", 983)])
+def test_runlocal_unidec_configs_train(dataset, num_classes, tmp_path):
+  runlocal_trains(dataset, "unidec", tmp_path, num_classes)

@@ -35,6 +35,24 @@ def test_score_topk_by_hand(bench):
   assert got["P@5"] == pytest.approx((1 / 5 + 1 / 5) / 2)
 
 
+def test_config_arg_and_name(bench):
+  configs = REPO_ROOT / "configs"
+  assert bench.config_arg("bibtex", "mhc", False) == (configs / "bibtex.py",
+                                                      "head=mhc")
+  assert bench.config_arg("delicious", "best", True) == (
+      configs / "delicious.py", "head=best,runlocal")
+  assert bench.config_arg("bibtex", "mhp3", False) is None
+  assert bench.config_arg("nowhere", "mhc", False) is None
+  # A row names the config it ran as file:argument, or, as the rows of
+  # benchmarks/results/xmc_accuracy.json do, by a file per config; both
+  # read as the config's name.
+  for config in ("configs/bibtex.py:head=best", "configs/bibtex_best.py"):
+    assert bench.config_name(config) == "bibtex_best"
+  for config in ("configs/delicious.py:head=mhc,runlocal",
+                 "configs/delicious_mhc.py:runlocal"):
+    assert bench.config_name(config) == "delicious_mhc:runlocal"
+
+
 def test_one_member_ensemble_reproduces_the_trainer(bench):
   # The dense score matrix rebuilt from the head's top-C must rank exactly as
   # the trainer's own top-k evaluation does.

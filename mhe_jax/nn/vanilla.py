@@ -118,8 +118,8 @@ class VanillaHead(nnx.Module):
         sigmoid BCE summed over the classes; ``'softmax'``: softmax CE
         against the row's labels normalised to sum 1, ``logsumexp(z) -
         mean_{label} z`` (0 for a row without labels). Both rank by the
-        logits. BCE is the default by measurement: configs/delicious_best.py
-        on its validation tail, P@1 / P@5 69.4 / 58.7 with BCE, 67.5 / 57.9
+        logits. BCE is the default by measurement: configs/delicious.py
+        (head=best) on its validation tail, P@1 / P@5 69.4 / 58.7 with BCE, 67.5 / 57.9
         with the softmax (benchmarks/results/xmc_tuning.json).
         ``'squared'``: ``sum_c (z_c - y_c)^2`` against the 0/1 label row
         (materialises the ``[B, C]`` logits; for the closed-form fit of
