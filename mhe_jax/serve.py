@@ -3,8 +3,9 @@
 ``python -m mhe_jax.serve --workdir=DIR --port=8000``
 
 Loads the workdir with :func:`mhe_jax.load`, compiles every batch and
-feature-width bucket (:meth:`~mhe_jax.inference.Predictor.warmup`) and then
-answers
+feature-width bucket up to the widest instance it accepts
+(:meth:`~mhe_jax.inference.Predictor.warmup`), so that no request compiles,
+and then answers
 
 * ``GET /healthz``: ``{"status": "ok", "num_classes": C, "model": ..., ...}``;
 * ``POST /v1/predict``: a JSON body ``{"instances": [...], "k": 5}`` (or one
@@ -16,7 +17,8 @@ An instance is, by the model's inputs (``model_info.json``'s
 ``input_keys``):
 
 * bag-of-words models: ``{"indices": [int, ...], "values": [float, ...]}``,
-  feature ids in ``[0, input_size)``, finite values;
+  feature ids in ``[0, input_size)``, finite values, at most
+  ``--max_features`` of them (default ``input_size``);
 * next-token models: ``{"tokens": [int, ...]}`` (token ids; the last
   ``context`` are the context, fewer are left-padded with ``<unk>``) or
   ``{"text": "..."}`` (tokenised with the training vocabulary);
@@ -32,13 +34,22 @@ one worker thread takes the first queued request, gathers more for at most
 ``--max_wait_ms`` (only while other requests are still being received) up
 to ``--max_batch`` instances, and runs them as one
 :meth:`~mhe_jax.inference.Predictor.predict` call (padded to a jitted batch
-bucket), then hands each request its rows. A lone request never waits. A
+bucket; one bag-of-words instance alone:
+:meth:`~mhe_jax.inference.Predictor.predict_one`, the same program with less
+host work), then hands each request its rows. A lone request never waits. A
 request's ``k`` runs at the smallest ``--warmup_k`` at least as large, or
 above them at the next power of two up to ``--max_k`` (compiled on first
 use), and gets the first k of that top-k: every head returns its top-k best
 first, so this is its top-k (shortlist heads whose shortlist grows with k
 rank within the larger shortlist). A request that fails inside a batch is
 run again alone, so only it gets the error.
+
+As a command it makes jax run each CPU program on the calling thread
+(``jax_cpu_enable_async_dispatch=False``, ``--sync_cpu_dispatch``, on by
+default) before it loads the model: about 25 us less per one-row request on
+Delicious MHP (docs/inference.md, "One-request latency"). The setting holds
+for the whole process, so :class:`Server` never changes it: a program that
+serves from its own process sets it there (:func:`use_sync_cpu_dispatch`).
 
 Why the standard library (``http.server.ThreadingHTTPServer``, ``json``,
 ``threading``, ``queue``): no dependency beyond what :func:`mhe_jax.load`
@@ -77,6 +88,7 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 from mhe_jax import inference
@@ -164,12 +176,15 @@ class RequestParser:
     predictor: the loaded model.
     default_k: k of a body without ``"k"``.
     max_k: the largest k accepted.
+    max_features: bag-of-words models: the most features an instance may
+      hold.
   """
 
   def __init__(self, predictor: inference.Predictor, default_k: int,
-               max_k: int):
+               max_k: int, max_features: int | None = None):
     self.predictor = predictor
     self.default_k, self.max_k = default_k, max_k
+    self.max_features = max_features
     self.kind = model_kind(predictor)
     self.fields = {"bag_of_words": _BOW_FIELDS, "tokens": _TOKEN_FIELDS,
                    "items": _ITEM_FIELDS}[self.kind]
@@ -254,6 +269,11 @@ class RequestParser:
       if missing:
         raise RequestError(400, f"{whole}: missing field {missing[0]!r}; "
                            f"{self._reads()}")
+      n = len(x["indices"]) if isinstance(x["indices"], list) else 0
+      if self.max_features is not None and n > self.max_features:
+        raise RequestError(400, f"{whole}: {n} features, more than the "
+                           f"server's limit of {self.max_features} per "
+                           "instance (--max_features)")
       ids = _int_list(x["indices"], at("indices"), 0, self.input_size,
                       "feature id")
       values = x["values"]
@@ -367,9 +387,14 @@ _STOP = object()
 class MicroBatcher:
   """One worker thread that runs queued requests in batched predict calls.
 
+  A batch of one bag-of-words instance runs through ``predict_one``: the
+  same program, with less host work (one client of benchmarks/serve_load.py
+  on its small synthetic MHP model: p50 0.31 ms a request, 0.35-0.38 ms
+  through ``predict``).
+
   Args:
     predictor: the loaded model; only the worker thread calls its
-      ``predict``.
+      ``predict`` and ``predict_one``.
     kind: :func:`model_kind` of it.
     max_batch: instances per predict call (a larger request runs alone).
     max_wait_s: how long the worker gathers requests after the first one
@@ -380,6 +405,8 @@ class MicroBatcher:
                max_batch: int, max_wait_s: float):
     self.predictor, self.kind = predictor, kind
     self.max_batch, self.max_wait_s = max_batch, max_wait_s
+    self._names = (None if predictor.label_names is None
+                   else np.asarray(predictor.label_names, dtype=object))
     self._queue: queue.SimpleQueue = queue.SimpleQueue()
     self._lock = threading.Lock()
     self._arriving = 0
@@ -495,12 +522,29 @@ class MicroBatcher:
           self._run_alone(job)
 
   def _run_alone(self, job: _Job) -> None:
+    if job.request.n == 1 and self.kind == "bag_of_words":
+      self._run_one(job)
+      return
     try:
       pred = self.predictor.predict(self._features([job]), job.run_k)
     except Exception as e:  # pylint: disable=broad-except
       self._fail(job, e)
       return
     self._split([job], pred)
+
+  def _run_one(self, job: _Job) -> None:
+    """One bag-of-words instance through ``predict_one``: the same program
+    and result as ``predict``, with less host work."""
+    ids, values = job.request.inputs
+    try:
+      scores, labels = self.predictor.predict_one(ids[0], values[0],
+                                                  k=job.run_k)
+    except Exception as e:  # pylint: disable=broad-except
+      self._fail(job, e)
+      return
+    scores, labels = scores[None], labels[None]
+    names = None if self._names is None else self._names[labels]
+    self._split([job], inference.Prediction(scores, labels, names))
 
   def _fail(self, job: _Job, e: Exception) -> None:
     if isinstance(e, (ValueError, TypeError)):  # input the parser let through
@@ -700,6 +744,12 @@ class Server:
       ``(default_k,)``); requests run at the smallest of them >= their k.
     read_timeout_s: a connection idle or stalled this long is closed.
     name: the model's name in ``/healthz`` (default ``predictor.name``).
+    max_features: bag-of-words models: the most features an instance may
+      hold (more: 400); :meth:`warmup` compiles the feature widths up to it.
+      Default the model's input size (the distinct feature ids).
+
+  It leaves jax's configuration as it is (:func:`use_sync_cpu_dispatch`
+  is the command's, or the embedding program's, to call).
   """
 
   def __init__(self, predictor: inference.Predictor, *,
@@ -707,7 +757,8 @@ class Server:
                max_batch: int | None = None, max_wait_ms: float = 2.0,
                max_request_bytes: int = 1 << 20, max_k: int | None = None,
                default_k: int = 5, warmup_k: Sequence[int] | None = None,
-               read_timeout_s: float = 30.0, name: str | None = None):
+               read_timeout_s: float = 30.0, name: str | None = None,
+               max_features: int | None = None):
     head_max_k = min(int(predictor.num_classes),
                      int(getattr(predictor, "max_k", predictor.num_classes)))
     max_k = min(DEFAULT_MAX_K, head_max_k) if not max_k else int(max_k)
@@ -720,6 +771,12 @@ class Server:
     if warmup_k[0] < 1 or warmup_k[-1] > max_k:
       raise ValueError(f"warmup_k={warmup_k} must be in [1, max_k={max_k}]")
     max_batch = int(max_batch or max(predictor.batch_sizes))
+    if predictor.is_bag_of_words:
+      max_features = int(max_features or predictor.input_size)
+      if max_features < 1:
+        raise ValueError(f"max_features={max_features} must be >= 1")
+    else:
+      max_features = None
     if max_batch < 1 or max_wait_ms < 0 or max_request_bytes < 1:
       raise ValueError("max_batch and max_request_bytes must be >= 1 and "
                        f"max_wait_ms >= 0; got {max_batch}, "
@@ -730,7 +787,9 @@ class Server:
     self.max_request_bytes = int(max_request_bytes)
     self.read_timeout_s = float(read_timeout_s)
     self.name = name or getattr(predictor, "name", "model")
-    self.parser = RequestParser(predictor, self.default_k, max_k)
+    self.max_features = max_features
+    self.parser = RequestParser(predictor, self.default_k, max_k,
+                                max_features)
     self.batcher = MicroBatcher(predictor, self.parser.kind, max_batch,
                                 max_wait_ms / 1e3)
     self.stopping = False
@@ -757,14 +816,12 @@ class Server:
     return min(1 << (k - 1).bit_length(), self.max_k)
 
   def warmup(self) -> float:
-    """Compiles every bucket for each ``warmup_k``; returns the seconds."""
+    """Compiles every program a request of a ``warmup_k`` can run (each
+    batch bucket; bag-of-words models: each feature width up to
+    ``max_features``); returns the seconds."""
     start = time.perf_counter()
     for k in self.warmup_k:
-      self.predictor.warmup(k)
-      if self.parser.kind == "items":  # item buckets run through predict too
-        for b in self.predictor.batch_sizes:
-          rows = np.zeros((b, self.parser.max_len), np.int32)
-          self.predictor.predict({"items": rows}, k)
+      self.predictor.warmup(k, max_width=self.max_features)
     return time.perf_counter() - start
 
   def health(self) -> dict:
@@ -775,7 +832,9 @@ class Server:
             "model": self.name, "input": self.parser.kind,
             "label_names": self.predictor.label_names is not None,
             "default_k": self.default_k, "max_k": self.max_k,
-            "max_batch": b.max_batch,
+            "max_batch": b.max_batch, "max_features": self.max_features,
+            "sync_cpu_dispatch": not jax.config.read(
+                "jax_cpu_enable_async_dispatch"),
             "served": {"requests": b.requests, "instances": b.instances,
                        "batches": b.batches}}
 
@@ -830,6 +889,18 @@ class Server:
 
 
 # ------------------------------------------------------------ the command
+def use_sync_cpu_dispatch() -> None:
+  """Makes jax run each CPU program on the calling thread, for the process.
+
+  ``jax_cpu_enable_async_dispatch=False``: a one-row request then skips the
+  hand-off to jax's worker thread and back, about 25 us of a 79 us
+  ``predict_one`` on Delicious MHP (docs/inference.md, "One-request
+  latency"). jax reads the setting when it starts its CPU backend, so call
+  this before the process's first jax computation.
+  """
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
 def _define_flags() -> None:
   """The command's flags; defined only when it runs, so that importing this
   module defines none (a program with its own --workdir can use Server)."""
@@ -855,12 +926,22 @@ def _define_flags() -> None:
   flags.DEFINE_list("warmup_k", [], "k values compiled at start (default: "
                     "--k); a request runs at the smallest of them >= its k, "
                     "larger k compile on first use.")
+  flags.DEFINE_integer("max_features", 0, "Bag-of-words models: the most "
+                       "features an instance may hold (more: 400); the "
+                       "widths up to it are compiled at start. 0: the "
+                       "model's input size.")
+  flags.DEFINE_bool("sync_cpu_dispatch", True, "Run each CPU program on the "
+                    "calling thread (jax_cpu_enable_async_dispatch=False, "
+                    "set before the model loads): about 25 us less per "
+                    "one-row request on Delicious MHP.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
+  if f.sync_cpu_dispatch:
+    use_sync_cpu_dispatch()
   try:
     predictor = inference.load(
         f.workdir, step=f.step,
@@ -869,7 +950,8 @@ def main(argv):
         predictor, host=f.host, port=f.port, max_batch=f.max_batch,
         max_wait_ms=f.max_wait_ms, max_request_bytes=f.max_request_bytes,
         max_k=f.max_k, default_k=f.k,
-        warmup_k=[int(k) for k in f.warmup_k] or None)
+        warmup_k=[int(k) for k in f.warmup_k] or None,
+        max_features=f.max_features or None)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   stop = threading.Event()

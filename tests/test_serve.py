@@ -5,8 +5,10 @@ untrained next-token and item-sequence models are written as the trainer
 writes them (as tests/test_inference.py does); each is served on a free 127.0.0.1 port in this process. Good
 requests must give exactly the predictor's labels (scores to float32
 rounding: a batch of other requests runs at another bucket), bad ones a 4xx
-naming the problem, concurrent requests their own rows; one test runs
-``python -m mhe_jax.serve --port=0`` as a process and stops it with SIGTERM.
+naming the problem, concurrent requests their own rows; after the server's
+warmup no request compiles. One test runs ``python -m mhe_jax.serve
+--port=0`` as a process (which sets synchronous CPU dispatch; a Server in
+this process leaves it off) and stops it with SIGTERM.
 """
 
 import http.client
@@ -110,6 +112,8 @@ def test_healthz(server):
   assert answer["status"] == "ok" and answer["num_classes"] == 500
   assert answer["model"] == "tiny (mhp)"
   assert answer["input"] == "bag_of_words" and answer["max_k"] == 20
+  assert answer["max_features"] == 2000  # the input size
+  assert answer["sync_cpu_dispatch"] is False  # Server leaves jax's config
 
 
 def test_predict_equals_the_predictor(server, predictor, bow_run):
@@ -130,6 +134,13 @@ def test_predict_equals_the_predictor(server, predictor, bow_run):
   assert status == 200
   _check(answer["predictions"], inference.Prediction(
       want[5].scores[2:3], want[5].labels[2:3], None))
+  # A row longer than the training rows runs at a width warmed at start.
+  m = predictor.max_features + 9
+  long = {"indices": list(range(0, 3 * m, 3)), "values": [0.5] * m}
+  status, answer, _ = _call(None, "POST", "/v1/predict", long, conn=conn)
+  assert status == 200
+  _check(answer["predictions"], predictor.predict(
+      (np.array([long["indices"]]), np.array([long["values"]])), 5))
   if traces is not None:  # no request compiled
     assert predictor.num_traces == traces
   # k above every warmed k: the next power of two, compiled once.
@@ -179,6 +190,8 @@ _OK = {"indices": [1, 5], "values": [1.0, 0.5]}
     ({**_OK, "k": "5"}, 400, 'k must be an integer, got "5"'),
     ({**_OK, "k": 2.5}, 400, "k must be an integer, got 2.5"),
     ({**_OK, "k": True}, 400, "k must be an integer, got true"),
+    ({"indices": [1] * 2001, "values": [1] * 2001}, 400,
+     "2001 features, more than the server's limit of 2000 per instance"),
     ({"indices": list(range(MAX_BYTES)), "values": [1] * MAX_BYTES}, 413,
      f"more than the server's limit of {MAX_BYTES}"),
 ])
@@ -250,7 +263,8 @@ def test_concurrent_requests_get_their_own_rows(server, predictor, bow_run):
 
 
 class _Flaky:
-  """A predictor whose predict fails on any row holding the value 1234.5."""
+  """A predictor whose predict and predict_one fail on any row holding the
+  value 1234.5."""
 
   def __init__(self, predictor):
     self._predictor = predictor
@@ -262,6 +276,11 @@ class _Flaky:
     if (features[1] == 1234.5).any():
       raise RuntimeError("a bad value")
     return self._predictor.predict(features, k)
+
+  def predict_one(self, indices, values, k):
+    if (values == 1234.5).any():
+      raise RuntimeError("a bad value")
+    return self._predictor.predict_one(indices, values, k=k)
 
 
 def test_an_internal_error_is_a_500_for_its_request_only(predictor, bow_run):
@@ -330,6 +349,7 @@ def test_command_line_serves_and_stops_on_sigterm(bow_run):
     port = int(match.group(1))
     status, answer, _ = _call(port, "GET", "/healthz")
     assert status == 200 and answer["model"] == "tiny (mhp)"
+    assert answer["sync_cpu_dispatch"] is True
     assert _call(port, "POST", "/v1/predict", _OK)[0] == 200
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
@@ -407,8 +427,10 @@ def test_item_sequence_model_takes_item_lists(item_predictor):
   rows[0, -3:] = [4, 9, 2]
   rows[1] = long[-t:]  # the most recent max_len items
   with serve.Server(p, port=0) as server:
+    traces = p.num_traces
     status, answer, _ = _call(server.port, "POST", "/v1/predict", {
         "instances": [{"items": [4, 9, 2]}, {"items": long}], "k": 5})
+    assert p.num_traces == traces  # Predictor.warmup compiled its buckets
     assert status == 200, answer
     _check(answer["predictions"], p.predict({"items": rows}, 5))
     status, answer, _ = _call(server.port, "POST", "/v1/predict",
