@@ -31,22 +31,25 @@ which train with adam in float32):
 
 * ``vanilla_momentum``: SGD with momentum 0.9 (one state table instead of
   adam's two; Renee's classifier optimiser, ``optimizer.classifier=
-  'sgd_momentum'`` in the trainer). ``vanilla_bf16`` /
-  ``vanilla_bf16_momentum``: bfloat16 parameters, optimiser state and
-  matmuls, float32 logits, losses and accumulation.
+  'sgd_momentum'`` in the trainer); ``vanilla_sgd``: plain SGD, no state
+  (``'sgd'``). ``vanilla_bf16`` / ``vanilla_bf16_momentum``: bfloat16
+  parameters, optimiser state and matmuls, float32 logits, losses and
+  accumulation.
 * ``mhs_dense``: MHS sampling ``--sparse_groups`` groups with the dense adam
   update of the whole classifier; ``mhs_sparse``: the same sample, only the
   sampled rows and their state updated (lazy Adam,
   :class:`mhe_jax.nn.mhs.SparseUpdateOptimizer`); ``mhs_sparse_momentum``:
-  lazy momentum SGD. ``mhs_sparse_bf16_momentum`` (not run by default):
-  bfloat16 parameters and trace, which XLA:CPU cannot scatter in place (see
-  :mod:`mhe_jax.ops.sparse_update`).
+  lazy momentum SGD; ``mhs_sparse_sgd``: plain SGD (no state; the sparse
+  step is the dense SGD step exactly). ``mhs_sparse_bf16_momentum`` (not
+  run by default): bfloat16 parameters and trace, which XLA:CPU cannot
+  scatter in place (see :mod:`mhe_jax.ops.sparse_update`).
 
 A step samples ``max(budget, B)`` groups (every batch label's group must
 fit), so the default B=64 with 64 groups is the smallest budget a batch
 allows. The second table printed (:func:`comparison_table`) names, per C,
-the fastest vanilla row and each MHE row's speed-up over it and memory as a
-fraction of its.
+the fastest vanilla row and the leanest (least compiled memory), and each
+MHE row's speed-up over the fastest and its memory as a fraction of the
+fastest's and of the leanest's.
 
 Each point first compiles the train step from abstract shapes (nothing
 allocated) and is skipped, with its compiled memory and the reason, when
@@ -124,8 +127,10 @@ _MERGE = flags.DEFINE_bool(
 FLAGS.set_default("classes", ["1e4", "3e4", "1e5", "3e5", "1e6", "3e6", "1e7",
                               "3e7", "1e8"])
 FLAGS.set_default("heads", [
-    "vanilla", "vanilla_momentum", "vanilla_bf16", "vanilla_bf16_momentum",
-    "mhp", "mhc", "mhs_dense", "mhs_sparse", "mhs_sparse_momentum"])
+    "vanilla", "vanilla_momentum", "vanilla_sgd", "vanilla_bf16",
+    "vanilla_bf16_momentum",
+    "mhp", "mhc", "mhs_dense", "mhs_sparse", "mhs_sparse_momentum",
+    "mhs_sparse_sgd"])
 FLAGS.set_default("batch", 64)
 FLAGS.set_default("dim", 256)
 FLAGS.set_default("repeats", 3)
@@ -143,14 +148,17 @@ _LR = 1e-3  # heads.py's adam
 # options a user at 10^6+ classes turns on (bfloat16 parameters and matmuls,
 # float32 accumulation; SGD with momentum). mhs_*: the --sparse_groups
 # budget with the dense adam update or the sparse update (the lazy form of
-# adam or of momentum SGD, only the sampled rows and their state touched).
+# adam or of momentum SGD, or plain SGD; only the sampled rows and their
+# state touched).
 _VARIANTS = {
     "vanilla_momentum": ("vanilla", "float32", "momentum"),
+    "vanilla_sgd": ("vanilla", "float32", "sgd"),
     "vanilla_bf16": ("vanilla", "bfloat16", "adam"),
     "vanilla_bf16_momentum": ("vanilla", "bfloat16", "momentum"),
     "mhs_dense": ("mhs", "float32", "adam"),
     "mhs_sparse": ("mhs", "float32", "sparse_adam"),
     "mhs_sparse_momentum": ("mhs", "float32", "sparse_momentum"),
+    "mhs_sparse_sgd": ("mhs", "float32", "sparse_sgd"),
     "mhs_sparse_bf16_momentum": ("mhs", "bfloat16", "sparse_momentum"),
 }
 _MOMENTUM = 0.9
@@ -178,8 +186,8 @@ def _variant_create(name: str, num_classes: int):
     return head, SparseUpdateOptimizer(head, optax.adam(_LR),
                                        rule=rule[len("sparse_"):],
                                        momentum=_MOMENTUM)
-  tx = (optax.adam(_LR) if rule == "adam"
-        else optax.sgd(_LR, momentum=_MOMENTUM))
+  tx = {"adam": optax.adam(_LR), "sgd": optax.sgd(_LR),
+        "momentum": optax.sgd(_LR, momentum=_MOMENTUM)}[rule]
   return head, nnx.Optimizer(head, tx, wrt=nnx.Param)
 
 
@@ -347,27 +355,33 @@ def best_vanilla(rows: list[dict], num_classes: int) -> dict | None:
 
 
 def comparison_table(results: dict) -> str:
-  """Per C: the fastest vanilla row, and each MHE row's step speed-up over it
-  and compiled memory as a fraction of its."""
+  """Per C: the fastest and the leanest vanilla rows, and each MHE row's
+  step speed-up over the fastest and compiled memory as a fraction of the
+  fastest's / of the leanest's."""
   meta = results["meta"]
   rows = [dict(r, head=_label(r, meta)) for r in results["rows"]]
   names = [n for n in dict.fromkeys(r["head"] for r in rows)
            if not n.startswith("vanilla")]
-  lines = ["| C | best vanilla: row, ms, memory | " +
-           " | ".join(f"{n}: x faster, memory" for n in names) + " |",
-           "|---|---|" + "---|" * len(names)]
+  lines = ["| C | fastest vanilla: row, ms, memory | leanest vanilla: row, "
+           "memory | " + " | ".join(f"{n}: x faster, memory / fastest's / "
+                                     "leanest's" for n in names) + " |", "|---|---|---|" + "---|" * len(names)]
   for c in sorted({r["num_classes"] for r in rows}):
     base = best_vanilla(rows, c)
     if base is None:
       continue
+    lean = min((r for r in rows if r["head"].startswith("vanilla") and
+                r["num_classes"] == c and r["seconds"] is not None),
+               key=lambda r: r["live_bytes"])
     cells = [f"{base['head']}, {base['seconds'] * 1e3:,.0f} ms, "
-             f"{_fmt_bytes(base['live_bytes'])}"]
+             f"{_fmt_bytes(base['live_bytes'])}",
+             f"{lean['head']}, {_fmt_bytes(lean['live_bytes'])}"]
     for name in names:
       r = next((r for r in rows if r["head"] == name and r["num_classes"] == c
                 and r["seconds"] is not None), None)
       cells.append("-" if r is None else
                    f"{base['seconds'] / r['seconds']:,.1f}x, "
-                   f"{r['live_bytes'] / base['live_bytes']:.2f}")
+                   f"{r['live_bytes'] / base['live_bytes']:.2f} / "
+                   f"{r['live_bytes'] / lean['live_bytes']:.2f}")
     lines.append(f"| {c:.0e} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

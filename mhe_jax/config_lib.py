@@ -102,7 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.head.child_embedding = "gated"  # mhc levels 2..H: gated | table (a row per child).
   c.head.num_sampled_groups = 64  # mhs: groups (of r_2.. classes) per step.
   # mhs: update only the sampled groups' classifier rows and their optimiser
-  # state (lazy Adam; momentum under optimizer.name='sgd'), see docs/heads.md.
+  # state, by the sparse form of the classifier's rule (optimizer.classifier;
+  # 'same': optimizer.name's): lazy Adam, lazy momentum SGD, or plain SGD
+  # (exact); see docs/training.md.
   c.head.sparse_update = False
   c.head.multilabel_loss = "bce"  # vanilla/mhp/mhc multi-label loss: bce | softmax
                                   # (| squared: vanilla, mhc).
@@ -150,9 +152,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 0  # Linear warm-up steps.
   c.optimizer.weight_decay = 0.0  # adamw decoupled weight decay.
   c.optimizer.grad_clip = 0.0  # Global-norm clipping; 0 -> off.
-  # The head's (classifier's) own rule: 'same' (optimizer.name) or
-  # 'sgd_momentum' (SGD, momentum 0.9, as Renee trains its classifier), at
-  # classifier_learning_rate under the same schedule (0 -> learning_rate).
+  # The head's (classifier's) own rule: 'same' (optimizer.name),
+  # 'sgd_momentum' (SGD, momentum 0.9, as Renee trains its classifier) or
+  # 'sgd' (plain SGD, no state), at classifier_learning_rate under the same
+  # schedule (0 -> learning_rate).
   c.optimizer.classifier = "same"
   c.optimizer.classifier_learning_rate = 0.0
 
@@ -266,21 +269,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.head.sparse_update and config.head.type != "mhs":
     raise ValueError("config.head.sparse_update needs head.type='mhs', got "
                      f"{config.head.type!r}")
-  if config.optimizer.classifier not in ("same", "sgd_momentum"):
-    raise ValueError("config.optimizer.classifier must be 'same' or "
-                     f"'sgd_momentum', got {config.optimizer.classifier!r}")
+  if config.optimizer.classifier not in ("same", "sgd_momentum", "sgd"):
+    raise ValueError("config.optimizer.classifier must be 'same', "
+                     "'sgd_momentum' or 'sgd', got "
+                     f"{config.optimizer.classifier!r}")
   if config.optimizer.classifier_learning_rate < 0:
     raise ValueError("config.optimizer.classifier_learning_rate must be >= 0 "
                      f"(0: optimizer.learning_rate), got "
                      f"{config.optimizer.classifier_learning_rate}")
   own_rule = (config.optimizer.classifier != "same" or
               config.optimizer.classifier_learning_rate > 0)
-  if own_rule and config.head.sparse_update:
-    raise ValueError("config.head.sparse_update updates the MHS classifier "
-                     "with the lazy form of optimizer.name at "
-                     "optimizer.learning_rate; leave optimizer.classifier "
-                     "'same' and classifier_learning_rate 0 (lazy momentum: "
-                     "optimizer.name='sgd')")
   if own_rule and config.head.type in ("unidec", "lightdxml"):
     raise ValueError("config.optimizer.classifier / classifier_learning_rate "
                      "apply to encoder + head models, not head.type="

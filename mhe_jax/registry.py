@@ -636,7 +636,12 @@ OPTIMIZERS = {
 CLASSIFIER_OPTIMIZERS = {
     "same": None,
     "sgd_momentum": lambda cfg, lr: optax.sgd(lr, momentum=0.9),
+    "sgd": lambda cfg, lr: optax.sgd(lr),
 }
+# head.sparse_update: the SparseUpdateOptimizer rule of optimizer.name's
+# rules (under optimizer.classifier='same') and of optimizer.classifier's.
+SPARSE_RULES = {"adam": "adam", "adamw": "adam", "sgd": "momentum"}
+CLASSIFIER_SPARSE_RULES = {"sgd_momentum": "momentum", "sgd": "sgd"}
 
 
 class HeadSplitState(NamedTuple):
@@ -697,8 +702,31 @@ def head_split(base: optax.GradientTransformation,
   return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   num_steps: int) -> optax.GradientTransformation:
+def sparse_rule(cfg: ml_collections.ConfigDict, num_steps: int
+                ) -> tuple[str, Callable[[Any], Any], float]:
+  """The MHS classifier's sparse update (``head.sparse_update``).
+
+  Returns:
+    ``(rule, schedule, weight_decay)``: the
+    :class:`mhe_jax.nn.mhs.SparseUpdateOptimizer` rule that
+    ``cfg.classifier`` (``'same'``: ``cfg.name``) names ('adam' for adam
+    and adamw, 'momentum' for the momentum SGDs, 'sgd' for plain SGD), its
+    learning rate against the step (peak ``cfg.classifier_learning_rate``,
+    0: ``cfg.learning_rate``) and AdamW's decay (adamw only).
+  """
+  if cfg.classifier == "same":
+    rule = lookup(SPARSE_RULES, cfg.name, "optimizer")
+  else:
+    rule = lookup(CLASSIFIER_SPARSE_RULES, cfg.classifier,
+                  "classifier optimizer")
+  peak = cfg.classifier_learning_rate or cfg.learning_rate
+  decay = (cfg.weight_decay if cfg.classifier == "same" and
+           cfg.name == "adamw" else 0.0)
+  return rule, _schedule(cfg, num_steps, peak), decay
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, *,
+                   classifier: bool = True) -> optax.GradientTransformation:
   """The trainer's optax transformation from ``config.optimizer``.
 
   ``cfg.name`` at ``cfg.learning_rate`` (under ``cfg.schedule``) updates
@@ -708,13 +736,15 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
   ``cfg.classifier_learning_rate`` under the same schedule
   (:func:`head_split`; as Renee, Jain et al. MLSys 2023: Adam on the
   encoder, SGD with momentum on the classifier). ``cfg.grad_clip`` clips
-  the global norm of all gradients first.
+  the global norm of all gradients first. ``classifier=False``: ``cfg.name``
+  on every parameter it is given (the trainer's sparse update keeps the MHS
+  classifier out of it and updates it by :func:`sparse_rule`).
   """
   base = lookup(OPTIMIZERS, cfg.name, "optimizer")
   tx = base(cfg, _schedule(cfg, num_steps))
   head_rule = lookup(CLASSIFIER_OPTIMIZERS, cfg.classifier,
                      "classifier optimizer")
-  if head_rule is not None or cfg.classifier_learning_rate:
+  if classifier and (head_rule is not None or cfg.classifier_learning_rate):
     head_rule = head_rule or base
     peak = cfg.classifier_learning_rate or cfg.learning_rate
     tx = head_split(tx, head_rule(cfg, _schedule(cfg, num_steps, peak)))

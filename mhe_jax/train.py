@@ -129,21 +129,21 @@ class Trainer:
     if not self.ks or min(self.ks) < 1:
       raise ValueError(f"config.eval.ks must be positive, got {self.ks}")
     self.k_max = min(max(self.ks), self.data.num_classes)
-    self.tx = registry.make_optimizer(config.optimizer, config.num_train_steps)
-    # head.sparse_update: the MHS classifier's sampled rows follow the lazy
-    # form of the optimiser (sgd: momentum), at the schedule's rate.
+    # head.sparse_update: the MHS classifier's sampled rows follow the sparse
+    # form of the classifier's rule, at its rate; tx has every other
+    # parameter.
     self.sparse_update = bool(config.head.sparse_update)
-    self.row_schedule = registry._schedule(  # pylint: disable=protected-access
+    self.tx = registry.make_optimizer(config.optimizer, config.num_train_steps,
+                                      classifier=not self.sparse_update)
+    rule, self.row_schedule, decay = registry.sparse_rule(
         config.optimizer, config.num_train_steps)
 
     def create():
       model = registry.build_model(config, self.data, nnx.Rngs(config.seed),
                                    mesh=self.mesh)
       if self.sparse_update:
-        opt = config.optimizer
-        return model, mhs.SparseUpdateOptimizer(
-            model, self.tx, rule="momentum" if opt.name == "sgd" else "adam",
-            weight_decay=opt.weight_decay if opt.name == "adamw" else 0.0)
+        return model, mhs.SparseUpdateOptimizer(model, self.tx, rule=rule,
+                                                weight_decay=decay)
       return model, nnx.Optimizer(model, self.tx, wrt=nnx.Param)
 
     with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):

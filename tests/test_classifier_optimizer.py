@@ -70,6 +70,7 @@ def _by_hand(tx, params, grads, part):
 
 @pytest.mark.parametrize("classifier,head_lr,want_head", [
     ("sgd_momentum", 0.5, optax.sgd(0.5, momentum=0.9)),
+    ("sgd", 0.5, optax.sgd(0.5)),
     ("sgd_momentum", 0.0, optax.sgd(1e-2, momentum=0.9)),  # the base rate
     ("same", 0.3, optax.adam(0.3)),
 ])
@@ -121,10 +122,9 @@ def test_a_model_without_a_head_is_refused():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"optimizer.classifier": "lion"}, "must be 'same' or 'sgd_momentum'"),
+    ({"optimizer.classifier": "lion"},
+     "must be 'same', 'sgd_momentum' or 'sgd'"),
     ({"optimizer.classifier_learning_rate": -1.0}, "must be >= 0"),
-    ({"optimizer.classifier": "sgd_momentum", "head.type": "mhs",
-      "head.sparse_update": True}, "leave optimizer.classifier 'same'"),
     ({"optimizer.classifier_learning_rate": 0.1, "head.type": "unidec"},
      "encoder \\+ head models"),
 ])

@@ -1,5 +1,6 @@
 """MHS sparse update: ops against numpy and optax, the optimiser against a
-numpy lazy Adam / momentum SGD, class-sharded == unsharded, the trainer."""
+numpy lazy Adam / momentum SGD / SGD, sparse SGD == dense optax SGD,
+class-sharded == unsharded, the trainer."""
 
 import contextlib
 import functools
@@ -173,7 +174,7 @@ def _numpy_block_grads(kernel, bias, x, y, ids, s):
   return cols, x.T @ dlogits, dlogits.sum(0)
 
 
-@pytest.mark.parametrize("rule", ["adam", "momentum"])
+@pytest.mark.parametrize("rule", ["adam", "momentum", "sgd"])
 def test_sparse_update_is_lazy_rule_on_sampled_rows_only(rule):
   radices = (12, 8)
   s = radices[1]
@@ -209,9 +210,11 @@ def test_sparse_update_is_lazy_rule_on_sampled_rows_only(rule):
         nu[..., cols] = 0.999 * nu[..., cols] + 0.001 * grad ** 2
         param[..., cols] -= LR * (mu[..., cols] / (1 - 0.9 ** t)) / (
             np.sqrt(nu[..., cols] / (1 - 0.999 ** t)) + 1e-8)
-      else:
+      elif rule == "momentum":
         trace[j][..., cols] = grad + 0.9 * trace[j][..., cols]
         param[..., cols] -= LR * trace[j][..., cols]
+      else:
+        param[..., cols] -= LR * grad
     got_head, got_opt = snaps[i + 1][0], snaps[i + 1][1]
     np.testing.assert_allclose(got_head["kernel"], kernel, rtol=1e-5,
                                atol=1e-6)
@@ -221,9 +224,11 @@ def test_sparse_update_is_lazy_rule_on_sampled_rows_only(rule):
                                  rtol=1e-4, atol=1e-12)
       np.testing.assert_allclose(got_opt["bias_mu"], slots[1]["mu"],
                                  rtol=1e-4, atol=1e-9)
-    else:
+    elif rule == "momentum":
       np.testing.assert_allclose(got_opt["kernel_trace"], trace[0],
                                  rtol=1e-5, atol=1e-7)
+    else:  # no state beside the step count
+      assert not [k for k in got_opt if k.startswith(("kernel_", "bias_"))]
     # Rows off the sample, and their state, are untouched bit for bit.
     off = np.setdiff1d(np.arange(kernel.shape[1]), cols)
     prev_head, prev_opt = snaps[i][0], snaps[i][1]
@@ -236,7 +241,7 @@ def test_sparse_update_is_lazy_rule_on_sampled_rows_only(rule):
                                       prev_opt[name][..., off])
 
 
-@pytest.mark.parametrize("rule", ["adam", "momentum"])
+@pytest.mark.parametrize("rule", ["adam", "momentum", "sgd"])
 @pytest.mark.parametrize("radices", [(16, 6), (12, 8)])
 def test_class_sharded_equals_one_device(radices, rule):
   """Momentum too: Adam's step would hide a gradient scaled by the shards."""
@@ -245,12 +250,38 @@ def test_class_sharded_equals_one_device(radices, rule):
   np.testing.assert_array_equal(np.stack(got_ids), np.stack(want_ids))
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6,
                                  atol=1e-7), got[-1], want[-1])
-  state = opt.kernel_mu if rule == "adam" else opt.kernel_trace
-  for var in (head.kernel, state):
+  tables = {"adam": ["kernel_mu"], "momentum": ["kernel_trace"],
+            "sgd": []}[rule]
+  tables = [getattr(opt, name) for name in tables]
+  for var in (head.kernel, *tables):
     assert var[...].sharding.spec == P(None, "classes")
 
 
-@pytest.mark.parametrize("rule", ["adam", "momentum"])
+def test_sparse_sgd_is_the_dense_optax_sgd_step():
+  """Plain SGD needs no lazy semantics: over steps with different samples,
+  the sparse step equals nnx.Optimizer(optax.sgd) on the dense gradient of
+  the same sampled loss (zero off the sample)."""
+  radices = (12, 8)
+  head, _, snaps, _ = _sparse_run(radices, "sgd")
+  dense = MHSHead(D, LabelCodec(radices, C), S_BUDGET, rngs=nnx.Rngs(0))
+  opt = nnx.Optimizer(dense, optax.sgd(LR), wrt=nnx.Param)
+
+  @nnx.jit
+  def step(dense, opt, x, y, rng):
+    grads = nnx.grad(lambda h: h.loss(x, y, rng=rng))(dense)
+    opt.update(dense, grads)
+
+  for i in range(STEPS):
+    step(dense, opt, *_inputs(i))
+    got = snaps[i + 1][0]
+    np.testing.assert_allclose(got["kernel"], dense.kernel[...], rtol=1e-6,
+                               atol=1e-7)
+    np.testing.assert_allclose(got["bias"], dense.bias[...], rtol=1e-6,
+                               atol=1e-7)
+  np.testing.assert_array_equal(head.kernel[...], snaps[-1][0]["kernel"])
+
+
+@pytest.mark.parametrize("rule", ["adam", "momentum", "sgd"])
 def test_sparse_step_memory_is_the_tables_and_a_few_blocks(rule):
   """Compiled with the state donated, a step aliases every table (the
   parameters and their state are updated in place) and its temporaries are
@@ -278,7 +309,8 @@ def test_sparse_step_memory_is_the_tables_and_a_few_blocks(rule):
       ).memory_analysis()
   table = d * 65536 * 4
   block = d * batch * 256 * 4  # the 4 sampled groups' kernel columns
-  assert mem.alias_size_in_bytes >= (3 if rule == "adam" else 2) * table
+  tables = {"adam": 3, "momentum": 2, "sgd": 1}[rule]
+  assert mem.alias_size_in_bytes >= tables * table
   assert mem.temp_size_in_bytes < 8 * block <= table / 4, mem.temp_size_in_bytes
 
 
@@ -315,15 +347,22 @@ def _steps(config, workdir, n=3):
   return losses, jax.tree.map(np.asarray, params), state
 
 
-@pytest.mark.parametrize("name,lr", [("sgd", 0.5), ("adam", 5e-3)])
-def test_trainer_sparse_with_every_group_is_dense(tmp_path, name, lr):
+@pytest.mark.parametrize("name,lr,classifier", [
+    ("sgd", 0.5, "same"), ("adam", 5e-3, "same"),
+    ("adam", 5e-3, "sgd_momentum"), ("adam", 5e-3, "sgd")])
+def test_trainer_sparse_with_every_group_is_dense(tmp_path, name, lr,
+                                                  classifier):
   """With all groups sampled every row is updated every step: the lazy rule
   is the dense one, so the sparse step equals the dense step (grad_clip on:
-  the clip sees the same norm). Adam is compared on the head only: its
-  sign-like steps on near-zero encoder gradients (rare features) amplify
-  rounding differences."""
+  the clip sees the same norm), the classifier's own rule
+  (optimizer.classifier at classifier_learning_rate) included. Adam is
+  compared on the head only: its sign-like steps on near-zero encoder
+  gradients (rare features) amplify rounding differences."""
   over = {"head.num_sampled_groups": 200, "optimizer.grad_clip": 0.05,
-          "optimizer.name": name, "optimizer.learning_rate": lr}
+          "optimizer.name": name, "optimizer.learning_rate": lr,
+          "optimizer.classifier": classifier,
+          "optimizer.classifier_learning_rate": (
+              0.0 if classifier == "same" else 0.3)}
   dense = _steps(_config(3, 3, **over, **{"head.sparse_update": False}),
                  tmp_path / "dense")
   sparse = _steps(_config(3, 3, **over), tmp_path / "sparse")

@@ -44,7 +44,8 @@ reads and writes all ``C x d`` parameters and their optimiser state every
 step. :class:`SparseUpdateOptimizer` (``config.head.sparse_update`` in the
 trainer) instead differentiates the loss with respect to the sampled
 groups' rows only and updates those rows and their optimiser state in place
-(:mod:`mhe_jax.ops.sparse_update`; lazy Adam or momentum SGD)::
+(:mod:`mhe_jax.ops.sparse_update`; lazy Adam, lazy momentum SGD or plain
+SGD, which is exact)::
 
   optimizer = SparseUpdateOptimizer(model, optax.adam(1e-3))
   loss, grads, rows = optimizer.value_and_grad(loss_fn, model)
@@ -450,7 +451,7 @@ def _node_at(model: nnx.Module, path: tuple[Any, ...]) -> Any:
   return model
 
 
-SPARSE_RULES = ("adam", "momentum")
+SPARSE_RULES = ("adam", "momentum", "sgd")
 
 
 class SparseUpdateOptimizer(nnx.Optimizer):
@@ -476,17 +477,22 @@ class SparseUpdateOptimizer(nnx.Optimizer):
     which restarts every row at Adam's first-step size, trained worse: see
     ``docs/heads.md``.)
   * ``'momentum'``: SGD with heavy-ball momentum (one trace per row, as
-    Renee, Jain et al. MLSys 2023, trains its classifier).
+    Renee, Jain et al. MLSys 2023, trains its classifier); a row's trace
+    decays only when it is sampled.
+  * ``'sgd'``: plain SGD, no state. Not lazy: an unsampled row's gradient
+    is zero, so the sparse step is the dense ``optax.sgd`` step exactly, and
+    the classifier costs its parameters alone in memory.
 
   The state (``kernel_mu``, ``kernel_nu``, ``bias_mu``, ``bias_nu``, or
-  ``kernel_trace``, ``bias_trace``) is ``nnx.OptState`` with the kernel's
-  and bias's logical axes, so a trainer shards it like them (class-sharded:
-  each device updates the rows it holds) and saves it with the optimiser.
+  ``kernel_trace``, ``bias_trace``; none for ``'sgd'``) is ``nnx.OptState``
+  with the kernel's and bias's logical axes, so a trainer shards it like
+  them (class-sharded: each device updates the rows it holds) and saves it
+  with the optimiser.
 
   Args:
     model: the model holding one :class:`MHSHead`.
     tx: the optax transformation of every other parameter.
-    rule: ``'adam'`` or ``'momentum'``.
+    rule: ``'adam'``, ``'momentum'`` or ``'sgd'``.
     b1, b2, eps, weight_decay: lazy Adam's constants (optax's defaults;
       ``weight_decay`` > 0: AdamW's decoupled decay).
     momentum: the momentum rule's decay.
@@ -516,7 +522,7 @@ class SparseUpdateOptimizer(nnx.Optimizer):
       self.kernel_mu, self.kernel_nu = (zeros_like(head.kernel),
                                         zeros_like(head.kernel))
       self.bias_mu, self.bias_nu = zeros_like(head.bias), zeros_like(head.bias)
-    else:
+    elif rule == "momentum":
       self.kernel_trace = zeros_like(head.kernel)
       self.bias_trace = zeros_like(head.bias)
 
@@ -607,6 +613,11 @@ class SparseUpdateOptimizer(nnx.Optimizer):
             weight_decay=self.weight_decay)
         for var, new_n, old_n in zip((param_var, mu_var, nu_var), new, old):
           write(var, new_n, old_n)
+    elif self.rule == "sgd":
+      for param, grad, var in ((rows.kernel, rows.kernel_grad, head.kernel),
+                               (rows.bias, rows.bias_grad, head.bias)):
+        write(var, sparse_update.sgd(param, grad,
+                                     learning_rate=learning_rate), param)
     else:
       for param, grad, trace, var, trace_var in (
           (rows.kernel, rows.kernel_grad, gather(self.kernel_trace),

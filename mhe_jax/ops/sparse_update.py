@@ -28,6 +28,9 @@ state, and scatter them back, touching ``O(S * s * d)`` memory instead of
   :class:`mhe_jax.nn.mhs.SparseUpdateOptimizer`) the global step.
 * :func:`lazy_momentum`: SGD with heavy-ball momentum on the gathered rows
   (``optax.sgd(lr, momentum)``); a row's trace decays only when sampled.
+* :func:`sgd`: plain SGD on the gathered rows (``optax.sgd(lr)``). It has
+  no state, and an unsampled row's gradient is zero, so this sparse step is
+  exactly the dense one, not a lazy approximation of it.
 
 Rows never sampled, and their state, are never read or written.
 
@@ -233,3 +236,15 @@ def lazy_momentum(param: ArrayLike, grad: ArrayLike, trace: ArrayLike, *,
   trace = jnp.asarray(grad) + momentum * jnp.asarray(trace)
   lr = jnp.asarray(learning_rate, jnp.float32)
   return param + (-lr * trace).astype(param.dtype), trace.astype(param.dtype)
+
+
+def sgd(param: ArrayLike, grad: ArrayLike, *, learning_rate: ArrayLike
+        ) -> jax.Array:
+  """One plain SGD step of gathered rows (``optax.sgd(lr)``): ``p - lr * g``.
+
+  Stateless, and the dense gradient is zero off the gathered rows, so
+  scattering the result back is the dense ``optax.sgd`` step exactly.
+  """
+  param = jnp.asarray(param)
+  lr = jnp.asarray(learning_rate, jnp.float32)
+  return param + (-lr * jnp.asarray(grad)).astype(param.dtype)
