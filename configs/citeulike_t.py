@@ -21,9 +21,13 @@ Command:   python -m mhe_jax.main --config=configs/citeulike_t.py --workdir=/tmp
            (other variants: --config=configs/citeulike_t.py:head=vanilla, ...;
            ``,runlocal`` for a seconds-long smoke run)
 Hardware:  2-core CPU, no accelerator.
-Walltime:  see docs/results.md (``python benchmarks/extreme.py``).
-Reached:   validation (``--config.data.validation_fraction=0.2``) P@1 / P@5
-           65.4 / 38.2 (omikuji 61.5 / 36.6); test: docs/results.md.
+Walltime:  ``best``: 117 s (encoding the training rows and the solves, on
+           the CPU shared with another job); ``head=vanilla,fit=least_squares``
+           19 s; the gradient heads 37-739 s (docs/results.md).
+Reached:   ``best``: test P@1 / P@3 / P@5 64.12 / 47.08 / 38.14 (omikuji,
+           the best peer of the same run: 61.52 / 45.70 / 37.16); the full
+           ridge classifier 64.12 / 47.06 / 38.14; validation
+           (``--config.data.validation_fraction=0.2``) 65.4 / 38.2 P@1 / P@5.
            Trials: benchmarks/results/citeulike_tuning.json.
 """
 
