@@ -400,7 +400,8 @@ def plot(results: dict, path: str) -> None:
             ("inference to top-5 (examples/s)",
              lambda r: r["infer_examples_per_second"]))
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-  colors = dict(zip(names, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+  cmap = plt.get_cmap("tab20")  # more rows than the default cycle's 10
+  colors = {name: cmap(i % 20) for i, name in enumerate(names)}
   for i, (ax, (label, value)) in enumerate(zip(axes, panels)):
     for name in names:
       pts = sorted((r["num_classes"], value(r)) for r in rows
