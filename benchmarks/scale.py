@@ -357,7 +357,8 @@ def best_vanilla(rows: list[dict], num_classes: int) -> dict | None:
 def comparison_table(results: dict) -> str:
   """Per C: the fastest and the leanest vanilla rows, and each MHE row's
   step speed-up over the fastest and compiled memory as a fraction of the
-  fastest's / of the leanest's."""
+  fastest's / of the leanest's; where no vanilla row ran, the MHE rows'
+  step time and memory."""
   meta = results["meta"]
   rows = [dict(r, head=_label(r, meta)) for r in results["rows"]]
   names = [n for n in dict.fromkeys(r["head"] for r in rows)
@@ -367,7 +368,19 @@ def comparison_table(results: dict) -> str:
                                      "leanest's" for n in names) + " |", "|---|---|---|" + "---|" * len(names)]
   for c in sorted({r["num_classes"] for r in rows}):
     base = best_vanilla(rows, c)
-    if base is None:
+    ran = {name: next((r for r in rows if r["head"] == name and
+                       r["num_classes"] == c and r["seconds"] is not None),
+                      None) for name in names}
+    if base is None:  # no vanilla row ran: the MHE rows' own figures
+      need = min((r.get("live_bytes") or 0 for r in rows
+                  if r["head"].startswith("vanilla") and
+                  r["num_classes"] == c), default=None)
+      if need is None or not any(ran.values()):
+        continue
+      cells = [f"none ran (the leanest needs {_fmt_bytes(need)})", "-"]
+      cells += ["-" if r is None else f"{r['seconds'] * 1e3:,.0f} ms, "
+                f"{_fmt_bytes(r['live_bytes'])}" for r in ran.values()]
+      lines.append(f"| {c:.0e} | " + " | ".join(cells) + " |")
       continue
     lean = min((r for r in rows if r["head"].startswith("vanilla") and
                 r["num_classes"] == c and r["seconds"] is not None),
@@ -375,9 +388,7 @@ def comparison_table(results: dict) -> str:
     cells = [f"{base['head']}, {base['seconds'] * 1e3:,.0f} ms, "
              f"{_fmt_bytes(base['live_bytes'])}",
              f"{lean['head']}, {_fmt_bytes(lean['live_bytes'])}"]
-    for name in names:
-      r = next((r for r in rows if r["head"] == name and r["num_classes"] == c
-                and r["seconds"] is not None), None)
+    for r in ran.values():
       cells.append("-" if r is None else
                    f"{base['seconds'] / r['seconds']:,.1f}x, "
                    f"{r['live_bytes'] / base['live_bytes']:.2f} / "
