@@ -436,13 +436,16 @@ def plot(results: dict, path: str) -> None:
   axes[1].text(0.02, meta["machine_memory_gb"] * 1.15,
                f"machine RAM {meta['machine_memory_gb']:g} GiB", fontsize=8,
                ha="left", transform=axes[1].get_yaxis_transform())
-  axes[0].legend()
-  axes[1].legend(fontsize=7, loc="lower right")
+  # One legend beside the panels: the rows, then the memory panel's
+  # compiled-only lines.
+  handles, labels = axes[1].get_legend_handles_labels()
+  fig.legend(handles, labels, fontsize=8, loc="center left",
+             bbox_to_anchor=(1.0, 0.5))
   fig.suptitle(f"heads alone, B={meta['batch']}, d={meta['dim']}, "
                f"H={meta['num_heads']}, {meta['cpu_count']}-core CPU "
                f"(shared), jax {meta['jax']}", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  fig.savefig(path, dpi=90, bbox_inches="tight")
   plt.close(fig)
 
 
