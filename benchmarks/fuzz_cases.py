@@ -430,13 +430,13 @@ def xc_stream_cases(draw) -> Case:
 
 
 def check_xc_stream(case: Case, tmp: pathlib.Path) -> Outcome:
-  """inference.iter_xc_batches: the streamed X equals the reference's X."""
-  from mhe_jax import inference  # pylint: disable=g-import-not-at-top
+  """streaming.iter_xc_batches: the streamed X equals the reference's X."""
+  from mhe_jax import streaming  # pylint: disable=g-import-not-at-top
   from mhe_jax.data import formats  # pylint: disable=g-import-not-at-top
   paths = write_files(case, tmp, {"data": "stream.txt"})
 
   def run():
-    batches, sizes = inference.iter_xc_batches(paths["data"],
+    batches, sizes = streaming.iter_xc_batches(paths["data"],
                                                case.kwargs["batch_size"])
     return sizes, list(batches)
 

@@ -14,7 +14,7 @@ counted by error class and first word of the message, and writes
   python benchmarks/fuzz_readers.py                  # 2000 cases per target
   python benchmarks/fuzz_readers.py --cases=200 --targets=xc,arff --seed=1
 
-Targets: xc (formats.read_xc), xc_stream (inference.iter_xc_batches), arff
+Targets: xc (formats.read_xc), xc_stream (streaming.iter_xc_batches), arff
 (formats.read_arff), text (corpus.Corpus.from_file), pairs and sequences
 (interactions.read_interactions), names (formats.read_names), codec
 (LabelCodec and its encode/decode), topk (ops.product_topk).

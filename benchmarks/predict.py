@@ -21,8 +21,8 @@ training rows) and measures, over rows 0..``--requests``-1 of the test set:
   thread instead of handing it to a worker thread;
 * ``predict`` of one CSR row (``X[i:i + 1]`` sliced before the clock) and of
   8 rows (rows ``8i .. 8i + 7``): the general API, p50 / p99 ms;
-* the ``jax.export`` artifact (:func:`mhe_jax.inference.export`, run by
-  :func:`~mhe_jax.inference.load_exported`) on one row padded to the
+* the ``jax.export`` artifact (:func:`mhe_jax.export.export`, run by
+  :func:`~mhe_jax.export.load_exported`) on one row padded to the
   training width (a row longer than it keeps its largest values), p50 /
   p99 ms (skipped above ``--export_max_params`` weights: at 10^6 labels the
   full classifier's artifact is 1 GB);
@@ -88,7 +88,7 @@ import jax
 import numpy as np
 
 import mhe_jax
-from mhe_jax import inference
+from mhe_jax import export as export_lib
 from mhe_jax import metrics as metrics_lib
 from mhe_jax import registry
 from mhe_jax import train
@@ -219,8 +219,8 @@ def _time_exported(predictor, pairs, requests: int,
                    directory: pathlib.Path) -> dict:
   """One-row latency of the jax.export artifact (rows at the export width)."""
   k = _K.value
-  inference.export(predictor, directory, k=k)
-  run = inference.load_exported(directory)
+  export_lib.export(predictor, directory, k=k)
+  run = export_lib.load_exported(directory)
   width = predictor.max_features
   inputs = []
   for ids, values in pairs:

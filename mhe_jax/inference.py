@@ -1,8 +1,8 @@
 """Inference: load a trained model from its workdir and predict top-k fast.
 
 :func:`load` rebuilds the model a run of :func:`mhe_jax.train.train_and_evaluate`
-trained (from ``workdir/config.json`` and ``workdir/model_info.json``, which the
-trainer writes next to its checkpoints, so the training data is not needed)
+trained (from the model description the trainer writes next to its
+checkpoints, :mod:`mhe_jax.model_info`, so the training data is not needed)
 and restores only the model's part of the newest (or a chosen) orbax
 checkpoint, on one device. The returned :class:`Predictor` decodes a batch to
 its top-k labels with the head's own exact decoder (``model.topk``),
@@ -26,11 +26,9 @@ Inputs to :meth:`Predictor.predict` (``N`` examples):
   last ``context`` tokens are the context (next-token models);
 * a dict of the model's input arrays (``model_info.json``'s ``input_keys``).
 
-:func:`export` writes the encoder + head + decode as a ``jax.export``
-artifact (StableHLO with a symbolic batch size, or one program per batch
-bucket for heads whose code branches on it) with its weights in an ``.npz``;
-:func:`load_exported` runs it with nothing but jax and numpy (it is short so
-that it can be copied into a serving process; see the README).
+Predicting a whole file, a batch at a time, is :mod:`mhe_jax.streaming`;
+the ``jax.export`` artifact and its jax + numpy runner are
+:mod:`mhe_jax.export`.
 
 Example::
 
@@ -39,25 +37,15 @@ Example::
   scores, labels = predictor.predict(test_data, k=5)  # numpy [N, 5] each
   pred = predictor.predict(test_data, k=5)
   pred.names                  # [N, 5] label names (None if the data had none)
-  inference.export(predictor, "/tmp/exported", k=5)
-  run = inference.load_exported("/tmp/exported")      # jax + numpy only
-  ids, values = predictor.to_inputs(test_data, width=predictor.max_features)
-  scores, labels = run(ids, values)
+  scores, labels = predictor.predict_one(indices, values, k=5)  # one example
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
-import pathlib
-import re
-import tempfile
 import threading
-import time
-import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -70,165 +58,22 @@ import scipy.sparse as sp
 from mhe_jax import _extras
 
 with _extras.requires("train"):
-  import ml_collections
   import orbax.checkpoint as ocp
 
 from mhe_jax import checkpointing
-from mhe_jax import config_lib
+from mhe_jax import model_info
 from mhe_jax import registry
 from mhe_jax.data import corpus as corpus_lib
 from mhe_jax.data import formats
 
 PathLike = str | os.PathLike
 
-CONFIG_FILE = "config.json"
-MODEL_INFO_FILE = "model_info.json"
-CHECKPOINT_DIR = "checkpoints"
-PERMUTATION_FILE = "label_permutation.npy"
-LABEL_FEATURES_FILE = "label_features.npz"
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512)
 # CPU programs of at most this many rows are compiled without intra-op
 # parallel loops (see Predictor._program).
 SERIAL_BATCH = 8
 _BOW_KEYS = ("feature_ids", "feature_values")
 _TOKEN_KEYS = ("features",)
-_EXPORT_FILE = "predict.jaxexport"
-_EXPORT_PARAMS = "params.npz"
-_EXPORT_INFO = "export.json"
-
-
-# ------------------------------------------------------------ what to save
-def write_model_info(workdir: PathLike, config: ml_collections.ConfigDict,
-                     data: registry.Dataset) -> None:
-  """Writes ``config.json`` and ``model_info.json`` into a training workdir.
-
-  These hold what :func:`load` needs to rebuild the model without the
-  training data: the config, and the dataset facts the model's shapes depend
-  on (the tf-idf weights themselves are in the checkpoint). Models built from
-  the training data write that part too: a clustered label order
-  (``label_permutation.npy``) and UniDEC's label feature rows
-  (``label_features.npz``: ``ids``, ``values``, ``input_size`` and, when the
-  encoder weights by idf, ``idf``).
-
-  Args:
-    workdir: the run's directory.
-    config: the run's config.
-    data: the dataset the trainer loaded.
-  """
-  workdir = pathlib.Path(workdir)
-  info = {
-      "num_classes": int(data.num_classes),
-      "multilabel": bool(data.multilabel),
-      "input_keys": list(data.input_keys),
-      "input_size": int(data.input_size),
-      "has_idf": data.idf is not None,
-      "context": getattr(data.train, "context", None),
-      "max_features": getattr(data.train, "max_features", None),
-      "max_len": getattr(data.train, "max_len", None),
-      "label_names": (None if data.label_names is None
-                      else [str(n) for n in data.label_names]),
-  }
-  if _clustered(config):
-    # A label order clustered from the training data is not in the
-    # checkpoint (the codec is static): keep its permutation.
-    codec = registry.make_codec(config.head, data.num_classes, data)
-    np.save(workdir / PERMUTATION_FILE, codec.permutation)
-  if config.head.type == "unidec":
-    rows = registry.unidec_label_features(config, data)
-    arrays = dict(ids=rows.ids, values=rows.values,
-                  input_size=np.int64(rows.input_size))
-    if rows.idf is not None:
-      arrays["idf"] = rows.idf
-    tmp = workdir / (LABEL_FEATURES_FILE + ".tmp")
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-    tmp.replace(workdir / LABEL_FEATURES_FILE)
-  _atomic_write(workdir / CONFIG_FILE, config.to_json_best_effort(indent=1))
-  _atomic_write(workdir / MODEL_INFO_FILE, json.dumps(info))
-
-
-def _clustered(config: ml_collections.ConfigDict) -> bool:
-  return (config.head.type != "vanilla"
-          and config.head.get("label_order", "given") == "clustered")
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
-
-
-# ------------------------------------------------------------------ loading
-def _resolve(path: PathLike, step: int | None):
-  """(workdir, checkpoint directory, step) from a workdir or checkpoint path."""
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: no such workdir or checkpoint")
-  path = path.resolve()
-  step_dir = None
-  if path.name.isdigit() and (path / "state").is_dir():  # .../checkpoints/<step>
-    step_dir, path = path, path.parent
-  if path.name == CHECKPOINT_DIR and not (path / CONFIG_FILE).exists():
-    workdir, ckpt_dir = path.parent, path
-  else:
-    workdir, ckpt_dir = path, path / CHECKPOINT_DIR
-  for name in (CONFIG_FILE, MODEL_INFO_FILE):
-    if not (workdir / name).is_file():
-      raise FileNotFoundError(
-          f"{workdir / name} not found: {workdir} is not a training workdir "
-          "written by this version of mhe_jax.train (it writes config.json "
-          "and model_info.json next to its checkpoints)")
-  if step_dir is not None:
-    if step is not None and step != int(step_dir.name):
-      raise ValueError(f"step={step} but the path names checkpoint "
-                       f"{step_dir.name}")
-    return workdir, step_dir
-  steps = sorted(int(p.name) for p in ckpt_dir.iterdir()
-                 if p.name.isdigit() and (p / "state").is_dir()) \
-      if ckpt_dir.is_dir() else []
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first "
-                            "(python -m mhe_jax.main --workdir=...)")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise FileNotFoundError(f"no checkpoint {step} in {ckpt_dir}; there are "
-                            f"{steps}")
-  return workdir, ckpt_dir / str(step)
-
-
-def _dataset_spec(info: Mapping[str, Any]) -> registry.Dataset:
-  """A registry.Dataset with the facts build_model reads, and no data."""
-  idf = (np.ones(info["input_size"], np.float32) if info["has_idf"] else None)
-  return registry.Dataset(
-      train=types.SimpleNamespace(context=info["context"],
-                                  max_features=info["max_features"],
-                                  max_len=info.get("max_len")),
-      eval=None, num_classes=info["num_classes"],
-      multilabel=info["multilabel"], input_keys=tuple(info["input_keys"]),
-      input_size=info["input_size"],
-      label_counts=np.zeros(info["num_classes"], np.int64), num_train=0,
-      idf=idf,
-      label_names=info["label_names"])
-
-
-def _unidec_label_features(workdir: pathlib.Path
-                           ) -> registry.UniDECLabelFeatures:
-  """The label feature rows the trainer saved (``label_features.npz``)."""
-  path = workdir / LABEL_FEATURES_FILE
-  if not path.is_file():
-    raise FileNotFoundError(
-        f"{path} not found: a head.type='unidec' model's label features "
-        "cannot be rebuilt without it (the trainer writes it at the start "
-        "of training)")
-  with np.load(path) as npz:
-    missing = {"ids", "values", "input_size"} - set(npz.files)
-    if missing:
-      raise ValueError(f"{path} lacks {sorted(missing)}")
-    return registry.UniDECLabelFeatures(
-        ids=npz["ids"], values=npz["values"],
-        input_size=int(npz["input_size"]),
-        idf=npz["idf"] if "idf" in npz.files else None)
 
 
 def _fresh(abstract: jax.ShapeDtypeStruct, device: jax.Device) -> jax.Array:
@@ -259,18 +104,8 @@ def load(path: PathLike, *, step: int | None = None,
       or no checkpoint.
     ValueError: a checkpoint that does not fit the config.
   """
-  workdir, step_dir = _resolve(path, step)
-  config = config_lib.from_json(workdir / CONFIG_FILE)
-  info = json.loads((workdir / MODEL_INFO_FILE).read_text())
-  data = _dataset_spec(info)
-  if _clustered(config):
-    perm_path = workdir / PERMUTATION_FILE
-    if not perm_path.is_file():
-      raise FileNotFoundError(f"{perm_path} not found: the model's clustered "
-                              "label order cannot be rebuilt without it")
-    data.label_permutation = np.load(perm_path)
-  if config.head.type == "unidec":
-    data.label_features = _unidec_label_features(workdir)
+  workdir, step_dir = model_info.resolve(path, step)
+  config, info, data = model_info.read(workdir)
   device = device or jax.devices()[0]
   abstract = nnx.eval_shape(
       lambda: registry.build_model(config, data, nnx.Rngs(config.seed)))
@@ -293,7 +128,8 @@ def load(path: PathLike, *, step: int | None = None,
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(
         f"checkpoint {step_dir} does not hold the model that "
-        f"{workdir / CONFIG_FILE} describes: {type(e).__name__}: {e}") from None
+        f"{workdir / model_info.CONFIG_FILE} describes: "
+        f"{type(e).__name__}: {e}") from None
   state = restored[0]
   checkpointing.check_finite_structure(state, target, where=str(step_dir))
   graphdef, state = nnx.split(nnx.merge(graphdef, rng_state, state))
@@ -896,372 +732,3 @@ class Predictor:
       length = int((inputs[0] >= 0).sum())
       inputs = _fit_width(*inputs, self._width(length))
     return list(inputs)
-
-  # ----------------------------------------------------------- streaming
-  def predict_file(self, input_path: PathLike, output_path: PathLike, *,
-                   k: int = 5, batch_size: int | None = None,
-                   file_format: str = "auto", labels_xml: PathLike | None = None,
-                   write_names: bool = False,
-                   progress_every: float = 10.0) -> int:
-    """Predicts every example of a file, writing one line per example.
-
-    XC text and raw text are read and written a batch at a time (files
-    larger than memory work); ARFF is read whole (its reader is not
-    incremental). Output lines are ``label:score`` pairs (best first), or
-    the label names separated by tabs with ``write_names``.
-
-    The output file is written atomically: into ``<output>.tmp-<pid>`` in
-    the same directory, then renamed over ``output_path`` once complete, so
-    a killed or failed run never leaves a partial file under that name (a
-    previous file there stays whole; on an error the temporary file is
-    removed).
-
-    Args:
-      input_path: the examples; format as ``file_format``.
-      output_path: the output text file ("-": stdout).
-      k: labels per example.
-      batch_size: rows per batch (default the largest bucket).
-      file_format: ``xc`` (Extreme Classification Repository text; labels in
-        it are ignored), ``arff`` (Mulan, needs ``labels_xml``), ``text``
-        (next-token models: one text per line, the next token after its
-        end is predicted), or ``auto`` (``.arff`` -> arff, a token model ->
-        text, else xc).
-      labels_xml: the Mulan XML naming an ARFF file's label attributes.
-      write_names: write label names instead of ``label:score``.
-      progress_every: seconds between progress lines in the log.
-
-    Returns:
-      The number of examples written.
-    """
-    k = self.check_k(k)
-    if write_names and self._names is None:
-      raise ValueError("write_names: this model's dataset had no label names")
-    batch_size = batch_size or self.batch_sizes[-1]
-    if batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    input_path = pathlib.Path(input_path)
-    if not input_path.is_file():
-      raise FileNotFoundError(f"{input_path}: no such input file")
-    fmt = file_format
-    if fmt == "auto":
-      fmt = ("arff" if input_path.suffix.lower() == ".arff" else
-             "text" if not self.is_bag_of_words else "xc")
-    if fmt == "xc":
-      batches, total = iter_xc_batches(input_path, batch_size)
-      if total[1] > self.input_size:
-        raise ValueError(
-            f"{input_path}: the header declares {total[1]} features but the "
-            f"model was trained on {self.input_size}")
-      total = total[0]
-    elif fmt == "arff":
-      if not labels_xml:
-        raise ValueError("ARFF input needs labels_xml (the Mulan XML file)")
-      data = formats.read_arff(input_path, labels_xml=labels_xml)
-      total = data.num_examples
-      batches = (data.X[i:i + batch_size] for i in range(0, total, batch_size))
-    elif fmt == "text":
-      batches, total = _iter_text_batches(input_path, batch_size), None
-    else:
-      raise ValueError(f"unknown file_format {file_format!r}; known: "
-                       "['arff', 'auto', 'text', 'xc']")
-    progress = _Progress(total, progress_every)
-    to_stdout = str(output_path) == "-"
-    if not to_stdout:
-      output_path = pathlib.Path(output_path)
-      tmp_path = output_path.with_name(f"{output_path.name}.tmp-{os.getpid()}")
-    out = (None if to_stdout else  # pylint: disable=consider-using-with
-           open(tmp_path, "w", encoding="utf-8"))
-    try:
-      write = _stdout_write if to_stdout else out.write
-      for batch in batches:
-        pred = self.predict(batch, k)
-        write(_format_lines(pred, write_names))
-        progress.update(len(pred.labels))
-      if out is not None:
-        out.flush()
-        os.fsync(out.fileno())
-        out.close()
-        os.replace(tmp_path, output_path)
-    except BaseException:
-      if out is not None:
-        out.close()
-        tmp_path.unlink(missing_ok=True)
-      raise
-    finally:
-      if hasattr(batches, "close"):  # a reader's generator: its files now
-        batches.close()
-    progress.done()
-    return progress.count
-
-
-def _stdout_write(text: str) -> None:
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.stdout.write(text)
-
-
-def _format_lines(pred: Prediction, write_names: bool) -> str:
-  if write_names:
-    return "".join("\t".join(row) + "\n" for row in pred.names.tolist())
-  lines = []
-  for labels, scores in zip(pred.labels.tolist(), pred.scores):
-    lines.append(" ".join(f"{l}:{s}" for l, s in zip(labels, scores)) + "\n")
-  return "".join(lines)
-
-
-def read_predictions(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a ``label:score`` output file back: (scores, labels) ``[N, k]``."""
-  scores, labels = [], []
-  for line in pathlib.Path(path).read_text().splitlines():
-    pairs = [p.split(":") for p in line.split()]
-    labels.append([int(l) for l, _ in pairs])
-    scores.append([float(s) for _, s in pairs])
-  return np.asarray(scores, np.float32), np.asarray(labels, np.int32)
-
-
-class _Progress:
-  """A progress line in the log every few seconds: count, rate, ETA."""
-
-  def __init__(self, total: int | None, every: float):
-    self.total, self.every, self.count = total, every, 0
-    self.start = self.last = time.perf_counter()
-
-  def _line(self, now: float) -> str:
-    rate = self.count / max(now - self.start, 1e-9)
-    if self.total:
-      eta = (self.total - self.count) / rate if rate > 0 else math.inf
-      return (f"predicted {self.count:,}/{self.total:,} examples "
-              f"({100 * self.count / self.total:.0f}%), {rate:,.0f} "
-              f"examples/s, ETA {eta:.0f} s")
-    return f"predicted {self.count:,} examples, {rate:,.0f} examples/s"
-
-  def update(self, n: int) -> None:
-    self.count += n
-    now = time.perf_counter()
-    if now - self.last >= self.every:
-      self.last = now
-      logging.info("%s", self._line(now))
-
-  def done(self) -> None:
-    logging.info("done: %s", self._line(time.perf_counter()))
-
-
-# ---------------------------------------------------- incremental readers
-def _open_text(path: PathLike):
-  """UTF-8 text (BOM dropped, any line end); undecodable bytes kept as
-  lone surrogates for :func:`_check_decoded` to report with their line."""
-  return open(path, encoding="utf-8-sig", errors="surrogateescape",
-              newline=None)
-
-
-def _check_decoded(path: PathLike, lines: list[str], first_line: int) -> None:
-  """FormatError on the first of ``lines`` (file line ``first_line`` on)
-  holding bytes that are not UTF-8."""
-  if _UNDECODED.search("".join(lines)) is None:
-    return
-  for i, line in enumerate(lines):
-    bad = _UNDECODED.search(line)
-    if bad is not None:
-      byte = ord(bad.group()) - 0xdc00
-      raise formats.FormatError(path, first_line + i,
-                                f"not valid utf-8: byte 0x{byte:02x}")
-
-
-# surrogateescape decodes each byte that is not UTF-8 to U+DC80..U+DCFF,
-# which strict UTF-8 text can never hold.
-_UNDECODED = re.compile("[\udc80-\udcff]")
-
-
-def iter_xc_batches(path: PathLike, batch_size: int
-                    ) -> tuple[Iterator[sp.csr_matrix], tuple[int, int, int]]:
-  """Feature rows of an XC text file, ``batch_size`` rows at a time.
-
-  The file is read line by line, never whole; each batch is parsed by
-  :func:`mhe_jax.data.formats.read_xc` (so the same strict rules apply, and
-  errors name ``path`` and the line in it).
-
-  Args:
-    path: an Extreme Classification Repository text file.
-    batch_size: rows per batch.
-
-  Returns:
-    ``(batches, (N, F, L))``: an iterator of CSR ``[<=batch_size, F]``
-    feature matrices, and the header's sizes.
-  """
-  path = pathlib.Path(path)
-  with _open_text(path) as f:
-    header_line = f.readline().rstrip("\n")
-  _check_decoded(path, [header_line], 1)
-  n, num_features, num_labels = formats._parse_xc_header(  # pylint: disable=protected-access
-      path, header_line)
-
-  def batches():
-    with _open_text(path) as f, tempfile.TemporaryDirectory() as tmp:
-      f.readline()
-      chunk_path = pathlib.Path(tmp) / "chunk.txt"
-      done = 0
-      while True:
-        lines = []
-        for line in f:
-          lines.append(line.rstrip("\n"))
-          if len(lines) == batch_size:
-            break
-        _check_decoded(path, lines, done + 2)
-        # Rows past the N the header declares: the rows before them are
-        # checked first, so the error is on the first bad line.
-        extra = done + len(lines) > n
-        lines = lines[:n - done]
-        if not lines and not extra:
-          if done < n:
-            raise formats.FormatError(
-                path, done + 2, f"unexpected end of file after {done} rows; "
-                f"the header declares {n} (truncated file?)")
-          return
-        if lines:
-          chunk_path.write_text(f"{len(lines)} {num_features} {num_labels}\n"
-                                + "\n".join(lines) + "\n", encoding="utf-8")
-          try:
-            data = formats.read_xc(chunk_path)
-          except formats.FormatError as e:
-            message = str(e).split(": ", 1)[1] if e.line else str(e)
-            line = None if e.line is None else e.line + done
-            raise formats.FormatError(path, line, message) from None
-          done += len(lines)
-          yield data.X
-        if extra:
-          raise formats.FormatError(
-              path, n + 2, f"more rows than the {n} the header declares")
-
-  return batches(), (n, num_features, num_labels)
-
-
-def _iter_text_batches(path: pathlib.Path, batch_size: int
-                       ) -> Iterator[list[str]]:
-  with _open_text(path) as f:
-    lines, done = [], 0
-    for line in f:
-      lines.append(line.rstrip("\n"))
-      if len(lines) == batch_size:
-        _check_decoded(path, lines, done + 1)
-        yield lines
-        done += len(lines)
-        lines = []
-    if lines:
-      _check_decoded(path, lines, done + 1)
-      yield lines
-
-
-# ------------------------------------------------------------------ export
-def export(predictor: Predictor, directory: PathLike, *,
-           k: int = 5) -> pathlib.Path:
-  """Serialises encoder + head + top-k decode with ``jax.export``.
-
-  Writes into ``directory``:
-
-  * ``predict.jaxexport``: the StableHLO program with a symbolic batch size,
-    or, for heads whose code branches on the batch size (the vanilla
-    classifier picks dense or chunked scoring from ``B * C``), one program
-    per batch bucket, ``predict_<B>.jaxexport``;
-  * ``params.npz``: the weights ``p0 .. pN``, the programs' first argument;
-  * ``export.json``: input names, shapes and dtypes, the programs and their
-    batch sizes, k, and the label names.
-
-  Bag-of-words inputs have the training feature width (``feature_ids`` -1
-  and ``feature_values`` 0 pad each row to it). :func:`load_exported` runs
-  the artifact with jax and numpy only.
-
-  Args:
-    predictor: from :func:`load`.
-    directory: created if needed.
-    k: the (fixed) number of labels the artifact returns.
-
-  Returns:
-    The directory.
-  """
-  k = predictor.check_k(k)
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  # Random-number state (dropout streams) is not a weight: keep it constant.
-  graphdef, rng_state, params = nnx.split(
-      nnx.merge(predictor.graphdef, predictor.state), nnx.RngState, ...)
-  leaves, treedef = jax.tree.flatten(params)
-
-  def predict_fn(weights, *inputs):
-    model = nnx.merge(graphdef, rng_state, jax.tree.unflatten(treedef, weights))
-    return model.topk(dict(zip(predictor.input_keys, inputs)), k)
-
-  if predictor.is_bag_of_words:
-    width = predictor.max_features
-    row_specs = [((width,), np.int32), ((width,), np.float32)]
-  elif predictor.context is not None:
-    row_specs = [((predictor.context,), np.int32)]
-  elif predictor.input_keys == ("items",) and predictor.max_len:
-    row_specs = [((predictor.max_len,), np.int32)]  # left-padded with -1
-  else:
-    raise ValueError(f"export supports bag-of-words, token and item-sequence "
-                     f"models, not inputs {predictor.input_keys}")
-  weight_specs = [jax.ShapeDtypeStruct(l.shape, l.dtype) for l in leaves]
-
-  def export_for(batch):
-    return jax.export.export(jax.jit(predict_fn))(
-        weight_specs, *(jax.ShapeDtypeStruct((batch, *s), d)
-                        for s, d in row_specs))
-
-  programs = {}
-  try:
-    programs[_EXPORT_FILE] = ("batch", export_for(
-        jax.export.symbolic_shape("batch")[0]))
-  except jax.errors.InconclusiveDimensionOperation:
-    for b in predictor.batch_sizes:
-      programs[f"predict_{b}.jaxexport"] = (b, export_for(b))
-  for name, (_, exported) in programs.items():
-    (directory / name).write_bytes(exported.serialize())
-  np.savez(directory / _EXPORT_PARAMS,
-           **{f"p{i}": np.asarray(l) for i, l in enumerate(leaves)})
-  (directory / _EXPORT_INFO).write_text(json.dumps({
-      "inputs": [{"name": name, "shape": ["batch", *s], "pad": pad,
-                  "dtype": np.dtype(d).name}
-                 for name, (s, d), pad in zip(
-                     predictor.input_keys, row_specs,
-                     (-1, 0) if predictor.is_bag_of_words else
-                     (-1,) if predictor.input_keys == ("items",) else (0,))],
-      "programs": {name: b for name, (b, _) in programs.items()},
-      "k": k, "num_classes": predictor.num_classes,
-      "label_names": predictor.label_names,
-  }, indent=1))
-  return directory
-
-
-def load_exported(directory: PathLike) -> Callable[..., tuple[Any, Any]]:
-  """``f(*inputs) -> (scores [N, k], labels [N, k])`` from :func:`export`.
-
-  Uses only jax, numpy and json (no mhe_jax, no config): the same lines
-  work in a serving process that does not have this package. Inputs are
-  numpy arrays of the shapes in ``export.json`` (any N); with per-bucket
-  programs, rows are padded to the smallest bucket that holds them. Each
-  program is called through ``jax.jit``, which compiles it once per input
-  shape and then dispatches it from its cache (``Exported.call`` alone
-  re-stages the call every time: 0.29 ms against 0.11 ms a Delicious row).
-  """
-  directory = pathlib.Path(directory)
-  meta = json.loads((directory / "export.json").read_text())
-  with np.load(directory / "params.npz") as npz:
-    weights = [jnp.asarray(npz[f"p{i}"]) for i in range(len(npz.files))]
-  programs = {b: jax.jit(jax.export.deserialize(
-      (directory / name).read_bytes()).call)
-              for name, b in meta["programs"].items()}
-  pads = [spec["pad"] for spec in meta["inputs"]]
-
-  def run(*inputs):
-    if "batch" in programs:
-      return programs["batch"](weights, *inputs)
-    n, sizes, outs = inputs[0].shape[0], sorted(programs), []
-    for start in range(0, n, sizes[-1]):
-      chunk = [a[start:start + sizes[-1]] for a in inputs]
-      rows = chunk[0].shape[0]
-      b = min(s for s in sizes if s >= rows)
-      chunk = [np.concatenate([a, np.full((b - rows, *a.shape[1:]), p, a.dtype)])
-               for a, p in zip(chunk, pads)]
-      outs.append([o[:rows] for o in programs[b](weights, *chunk)])
-    return tuple(jnp.concatenate(o) for o in zip(*outs))
-
-  return run

@@ -2,7 +2,7 @@
 
 ``python -m mhe_jax.predict --workdir=DIR --input=FILE --k=5 --output=FILE``
 
-Parses flags and calls :meth:`mhe_jax.inference.Predictor.predict_file`;
+Parses flags and calls :func:`mhe_jax.streaming.predict_file`;
 nothing else. ``--workdir`` is a training workdir (``python -m mhe_jax.main
 --workdir=DIR``) or one of its checkpoints. The input is an Extreme
 Classification Repository text file, a Mulan ARFF file (with
@@ -19,6 +19,7 @@ from absl import flags
 from absl import logging
 
 from mhe_jax import inference
+from mhe_jax import streaming
 from mhe_jax.data import formats
 
 _WORKDIR = flags.DEFINE_string(
@@ -47,9 +48,10 @@ def main(argv):
   try:
     predictor = inference.load(_WORKDIR.value, step=_STEP.value,
                                batch_sizes=(1, 8, 64, _BATCH_SIZE.value))
-    n = predictor.predict_file(
-        _INPUT.value, _OUTPUT.value, k=_K.value, batch_size=_BATCH_SIZE.value,
-        file_format=_FORMAT.value, labels_xml=_LABELS_XML.value,
+    n = streaming.predict_file(
+        predictor, _INPUT.value, _OUTPUT.value, k=_K.value,
+        batch_size=_BATCH_SIZE.value, file_format=_FORMAT.value,
+        labels_xml=_LABELS_XML.value,
         write_names=_NAMES.value, progress_every=_PROGRESS_EVERY.value)
   except (ValueError, FileNotFoundError, formats.FormatError) as e:
     raise SystemExit(f"error: {e}") from None

@@ -60,8 +60,8 @@ with _extras.requires("train"):
 from mhe_jax import checkpointing
 from mhe_jax import config_lib
 from mhe_jax import fit as fit_lib
-from mhe_jax import inference
 from mhe_jax import metrics as metrics_lib
+from mhe_jax import model_info
 from mhe_jax import registry
 from mhe_jax import sequence_eval
 from mhe_jax import sharding as sharding_lib
@@ -387,7 +387,7 @@ def _train_and_evaluate(config, workdir):
   will_train = step < num_steps
   if will_train and jax.process_index() == 0:
     # What mhe_jax.load needs to rebuild the model.
-    inference.write_model_info(workdir, config, trainer.data)
+    model_info.write(workdir, config, trainer.data)
   # A run that trains nothing leaves the metrics of the run that trained.
   writer = (writers.create_writer(workdir) if will_train else
             writers.MetricWriter(workdir, enabled=False))

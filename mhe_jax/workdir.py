@@ -58,9 +58,13 @@ ARCHIVE_DIR = "archive"
 CHECKPOINT_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
 METRICS_FILE = "metrics.jsonl"
+# The model description mhe_jax.load reads (see mhe_jax.model_info).
+MODEL_INFO_FILE = "model_info.json"
+PERMUTATION_FILE = "label_permutation.npy"
+LABEL_FEATURES_FILE = "label_features.npz"
 # Files of one run, moved together by archive() (with the TensorBoard events).
 RUN_FILES = (CHECKPOINT_DIR, RESULTS_FILE, METRICS_FILE, CONFIG_FILE,
-             "model_info.json", "label_permutation.npy", "label_features.npz")
+             MODEL_INFO_FILE, PERMUTATION_FILE, LABEL_FEATURES_FILE)
 
 KEEPS_STATE = False
 CHANGES_STATE = True

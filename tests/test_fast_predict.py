@@ -25,7 +25,9 @@ import pytest
 import scipy.sparse as sp
 
 from mhe_jax import config_lib
+from mhe_jax import export
 from mhe_jax import inference
+from mhe_jax import model_info
 from mhe_jax import registry
 
 NUM_CLASSES, NUM_FEATURES, MAX_FEATURES, K = 60, 400, 16, 5
@@ -48,7 +50,7 @@ def _predictor(head_type: str) -> inference.Predictor:
           "input_keys": list(inference._BOW_KEYS), "input_size": NUM_FEATURES,
           "has_idf": True, "context": None, "max_features": MAX_FEATURES,
           "label_names": None}
-  data = inference._dataset_spec(info)  # pylint: disable=protected-access
+  data = model_info.dataset_spec(info)
   model = registry.build_model(config, data, nnx.Rngs(config.seed))
   graphdef, state = nnx.split(model)
   return inference.Predictor(graphdef, state, info, batch_sizes=(1, 8),
@@ -288,12 +290,12 @@ assert not [m for m in sys.modules if m.split(".")[0] == "mhe_jax"]
 
 def test_exported_artifact_runs_with_jax_and_numpy_only(predictors, tmp_path):
   predictor = predictors("mhp")
-  d = inference.export(predictor, tmp_path / "exported", k=K)
+  d = export.export(predictor, tmp_path / "exported", k=K)
   rows = _rows(seed=4)
   ids, values = _padded(rows, len(rows), predictor.max_features)
   np.savez(d / "inputs.npz", ids=ids, values=values)
   source = tmp_path / "load_exported.py"
-  source.write_text(inspect.getsource(inference.load_exported))
+  source.write_text(inspect.getsource(export.load_exported))
   script = _STANDALONE.format(blocker=inspect.getsource(_Blocker))
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   proc = subprocess.run(

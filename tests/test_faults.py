@@ -25,8 +25,8 @@ from conftest import REPO_ROOT
 import mhe_jax
 from mhe_jax import checkpointing
 from mhe_jax import config_lib
-from mhe_jax import inference
 from mhe_jax import registry
+from mhe_jax import streaming
 from mhe_jax import train
 from mhe_jax.data import pipeline
 import kill_during_save
@@ -372,7 +372,7 @@ def test_a_failed_prediction_leaves_no_partial_output(
   _xc_input(source, 40)
   if previous is not None:
     output.write_text(previous)
-  format_lines = inference._format_lines  # pylint: disable=protected-access
+  format_lines = streaming._format_lines  # pylint: disable=protected-access
   calls = []
 
   def failing(pred, write_names):
@@ -385,15 +385,16 @@ def test_a_failed_prediction_leaves_no_partial_output(
       raise KeyboardInterrupt("stopped mid-stream")
     return format_lines(pred, write_names)
 
-  monkeypatch.setattr(inference, "_format_lines", failing)
+  monkeypatch.setattr(streaming, "_format_lines", failing)
   with pytest.raises(KeyboardInterrupt, match="stopped mid-stream"):
-    predictor.predict_file(source, output, k=3, batch_size=8)
+    streaming.predict_file(predictor, source, output, k=3, batch_size=8)
   assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
       ["in.txt"] + (["out.txt"] if previous else []))
   assert (output.read_text() if output.exists() else None) == previous
 
-  monkeypatch.setattr(inference, "_format_lines", format_lines)
-  assert predictor.predict_file(source, output, k=3, batch_size=8) == 40
+  monkeypatch.setattr(streaming, "_format_lines", format_lines)
+  assert streaming.predict_file(predictor, source, output, k=3,
+                                batch_size=8) == 40
   assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]
   lines = output.read_text().splitlines()
   assert len(lines) == 40 and all(len(l.split()) == 3 for l in lines)

@@ -21,7 +21,7 @@ from hypothesis import settings
 import numpy as np
 import pytest
 
-from mhe_jax import inference
+from mhe_jax import streaming  # pylint: disable=unused-import
 from mhe_jax.data import corpus
 from mhe_jax.data import formats
 from mhe_jax.data import interactions

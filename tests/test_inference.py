@@ -21,8 +21,11 @@ import scipy.sparse as sp
 
 from conftest import REPO_ROOT
 import mhe_jax
+from mhe_jax import export
 from mhe_jax import inference
+from mhe_jax import model_info
 from mhe_jax import registry
+from mhe_jax import streaming
 from mhe_jax import train
 from mhe_jax.data import corpus as corpus_lib
 from mhe_jax.data import formats
@@ -45,7 +48,7 @@ def _untrained(workdir, **overrides):
   trainer = train.Trainer(config, workdir)
   trainer.checkpointer.save(0, trainer.init_state(), {})
   trainer.checkpointer.close()
-  inference.write_model_info(workdir, config, trainer.data)
+  model_info.write(workdir, config, trainer.data)
   return config
 
 
@@ -174,7 +177,7 @@ def test_cli_output_parses_back_to_predict(mhp_run, predictor, test_data,
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr
   assert "predicted 128/300 examples" in proc.stderr  # streamed in batches
-  scores, labels = inference.read_predictions(out)
+  scores, labels = streaming.read_predictions(out)
   want = predictor.predict(test_data, k=5)
   np.testing.assert_array_equal(labels, want.labels)
   np.testing.assert_allclose(scores, want.scores, rtol=1e-6)
@@ -196,9 +199,10 @@ def test_arff_input_with_labels_xml(predictor, test_data, tmp_path):
       '<labels xmlns="http://mulan.sourceforge.net/labels">'
       + "".join(f'<label name="tag{j}"></label>' for j in range(c))
       + "</labels>")
-  n = predictor.predict_file(tmp_path / "t.arff", tmp_path / "o.txt", k=5,
+  n = streaming.predict_file(predictor, tmp_path / "t.arff",
+                             tmp_path / "o.txt", k=5,
                              labels_xml=tmp_path / "t.xml")
-  scores, labels = inference.read_predictions(tmp_path / "o.txt")
+  scores, labels = streaming.read_predictions(tmp_path / "o.txt")
   want = predictor.predict(data, k=5)
   assert n == 20
   np.testing.assert_array_equal(labels, want.labels)
@@ -230,13 +234,15 @@ def test_streamed_xc_errors_name_the_file_line(predictor, test_data, tmp_path):
   with pytest.raises(formats.FormatError) as whole:
     formats.read_xc(xc)
   with pytest.raises(formats.FormatError) as streamed:
-    predictor.predict_file(xc, tmp_path / "o.txt", k=2, batch_size=64)
+    streaming.predict_file(predictor, xc, tmp_path / "o.txt", k=2,
+                           batch_size=64)
   assert str(streamed.value) == str(whole.value)
   assert streamed.value.line == 151
   short = tmp_path / "short.txt"
   short.write_text("\n".join(lines[:100]) + "\n")  # header says 300 rows
   with pytest.raises(formats.FormatError, match=r"line 101: unexpected end"):
-    predictor.predict_file(short, tmp_path / "o.txt", k=2, batch_size=64)
+    streaming.predict_file(predictor, short, tmp_path / "o.txt", k=2,
+                           batch_size=64)
 
 
 def test_errors_name_what_is_wrong(mhp_run, predictor, test_data, tmp_path):
@@ -267,7 +273,7 @@ def test_errors_name_what_is_wrong(mhp_run, predictor, test_data, tmp_path):
   formats.write_xc(big, tmp_path / "big.txt")
   with pytest.raises(ValueError, match=r"declares 2001 features but the model "
                      r"was trained on 2000"):
-    predictor.predict_file(tmp_path / "big.txt", tmp_path / "o.txt")
+    streaming.predict_file(predictor, tmp_path / "big.txt", tmp_path / "o.txt")
 
 
 _STANDALONE = """
@@ -289,14 +295,14 @@ np.savez(d / "outputs.npz", scores=np.asarray(scores),
 
 def test_exported_artifact_runs_without_mhe_jax(predictor, test_data,
                                                 tmp_path):
-  d = inference.export(predictor, tmp_path / "exported", k=5)
+  d = export.export(predictor, tmp_path / "exported", k=5)
   assert json.loads((d / "export.json").read_text())["programs"] == {
       "predict.jaxexport": "batch"}  # one program, any batch size
   ids, values = predictor.to_inputs(test_data.X[:37],
                                    width=predictor.max_features)
   np.savez(d / "inputs.npz", ids=ids, values=values)
   source = tmp_path / "load_exported.py"
-  source.write_text(inspect.getsource(inference.load_exported))
+  source.write_text(inspect.getsource(export.load_exported))
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   proc = subprocess.run(
       [sys.executable, "-c", _STANDALONE, str(d), str(source)], cwd=tmp_path,
@@ -320,10 +326,10 @@ def test_exported_vanilla_uses_per_bucket_programs(vanilla_predictor,
                                                    test_data, tmp_path):
   # The vanilla head branches on B * C, so its batch size cannot be
   # symbolic: one program per bucket, rows padded to the bucket.
-  d = inference.export(vanilla_predictor, tmp_path / "v", k=3)
+  d = export.export(vanilla_predictor, tmp_path / "v", k=3)
   meta = json.loads((d / "export.json").read_text())
   assert sorted(meta["programs"].values()) == [1, 8]
-  run = inference.load_exported(d)
+  run = export.load_exported(d)
   for n in (1, 5, 20):
     ids, values = vanilla_predictor.to_inputs(
         test_data.X[:n], width=vanilla_predictor.max_features)
@@ -373,7 +379,7 @@ def test_text_input_uses_the_corpus_vocabulary(token_run, shared_data,
   assert got.names.tolist() == [corpus.decode(r) for r in want.labels]
   text_file = tmp_path / "in.txt"
   text_file.write_text("\n".join(texts) + "\n")
-  predictor.predict_file(text_file, tmp_path / "names.txt", k=4,
+  streaming.predict_file(predictor, text_file, tmp_path / "names.txt", k=4,
                          write_names=True)
   lines = (tmp_path / "names.txt").read_text().split("\n")[:-1]
   assert [l.split("\t") for l in lines] == got.names.tolist()
@@ -396,7 +402,7 @@ def test_iter_xc_batches_errors_name_the_first_bad_line(tmp_path, content,
   path = tmp_path / "in.txt"
   path.write_bytes(content)
   with pytest.raises(formats.FormatError) as e:
-    batches, _ = inference.iter_xc_batches(path, batch_size)
+    batches, _ = streaming.iter_xc_batches(path, batch_size)
     list(batches)
   assert e.value.line == line and str(e.value).startswith(
       f"{path}, line {line}: ")
@@ -410,6 +416,6 @@ def test_text_batches_name_an_undecodable_line(tmp_path):
   path.write_bytes(b"first line\r\nsecond\r\nthird \xe9 line\r\n")
   with pytest.raises(formats.FormatError, match=r"in.txt, line 3: not valid "
                      r"utf-8: byte 0xe9"):
-    list(inference._iter_text_batches(path, 2))  # pylint: disable=protected-access
+    list(streaming.iter_text_batches(path, 2))
   path.write_bytes(b"\xef\xbb\xbfa b\nc\n")
-  assert list(inference._iter_text_batches(path, 1)) == [["a b"], ["c"]]  # pylint: disable=protected-access
+  assert list(streaming.iter_text_batches(path, 1)) == [["a b"], ["c"]]

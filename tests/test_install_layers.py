@@ -231,3 +231,37 @@ def test_imports_outside_the_core_name_their_extra():
       elif not dists & extras[extra]:
         problems.append(f"{where}: the {extra!r} extra does not install it")
   assert not problems, "\n".join(problems)
+
+
+# --- module boundaries: who imports whom -------------------------------------
+
+_MODULES = r"""
+import json, sys
+
+def loaded():
+  return {m for m in sys.modules if m.split(".")[0] == "mhe_jax"}
+
+import mhe_jax
+base = loaded()
+import mhe_jax.export
+export = loaded() - base
+import mhe_jax.train
+print("RESULT " + json.dumps({"export": sorted(export),
+                              "train": sorted(loaded())}))
+"""
+
+
+def test_module_boundaries():
+  # The exported-model runner's module needs no other part of mhe_jax, and
+  # the trainer writes the workdir's model description without the
+  # predictor or file streaming modules.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
+  proc = subprocess.run([sys.executable, "-c", _MODULES], cwd=REPO_ROOT,
+                        env=env, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  out = json.loads(line[len("RESULT "):])
+  assert out["export"] == ["mhe_jax.export"]
+  assert "mhe_jax.model_info" in out["train"]
+  assert not {"mhe_jax.inference", "mhe_jax.streaming"} & set(out["train"])

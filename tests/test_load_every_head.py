@@ -19,9 +19,11 @@ import pytest
 from conftest import REPO_ROOT
 import mhe_jax
 from mhe_jax import config_lib
-from mhe_jax import inference
+from mhe_jax import export
 from mhe_jax import metrics as metrics_lib
+from mhe_jax import model_info
 from mhe_jax import registry
+from mhe_jax import streaming
 from mhe_jax import train
 from mhe_jax.data import formats
 from mhe_jax.data import pipeline
@@ -109,8 +111,8 @@ def test_load_predict_export_equal_the_trainers_evaluation(head_type, trained,
     assert got[key] == pytest.approx(on_disk[key], abs=1e-6), key
     assert on_disk[key] == pytest.approx(results[key], abs=1e-6), key
 
-  run = inference.load_exported(
-      inference.export(predictor, tmp_path / "exported", k=K))
+  run = export.load_exported(
+      export.export(predictor, tmp_path / "exported", k=K))
   ids, values = predictor.to_inputs(test, width=predictor.max_features)
   exported_scores, exported_labels = run(ids, values)
   np.testing.assert_array_equal(np.asarray(exported_labels), labels)
@@ -136,9 +138,9 @@ def test_loading_unidec_without_its_label_features_names_the_file(
   _, workdir, _, _ = trained("unidec")
   copy = tmp_path / "run"
   shutil.copytree(workdir, copy)
-  (copy / inference.LABEL_FEATURES_FILE).unlink()
+  (copy / model_info.LABEL_FEATURES_FILE).unlink()
   with pytest.raises(FileNotFoundError, match=str(
-      copy.resolve() / inference.LABEL_FEATURES_FILE)):
+      copy.resolve() / model_info.LABEL_FEATURES_FILE)):
     mhe_jax.load(copy)
 
 
@@ -155,7 +157,7 @@ def test_predict_cli_on_a_unidec_workdir(trained, tmp_path):
        "--progress_every=0"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  scores, labels = inference.read_predictions(out)
+  scores, labels = streaming.read_predictions(out)
   want = mhe_jax.load(workdir, batch_sizes=(64,)).predict(test, k=K)
   np.testing.assert_array_equal(labels, want.labels)
   np.testing.assert_allclose(scores, want.scores, rtol=1e-6)

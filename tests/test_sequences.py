@@ -410,9 +410,8 @@ def test_a_sequence_workdir_loads_and_predicts_like_the_trainer(tmp_path):
   assert hits == pytest.approx(results["HR@10"], abs=1e-6)
   assert hits > 0.9
   # The exported artifact gives the predictor's top-k.
-  from mhe_jax import inference  # pylint: disable=g-import-not-at-top
-  run = inference.load_exported(inference.export(predictor, tmp_path / "ex",
-                                                 k=10))
+  from mhe_jax import export  # pylint: disable=g-import-not-at-top
+  run = export.load_exported(export.export(predictor, tmp_path / "ex", k=10))
   _, labels = run(items[:16])
   np.testing.assert_array_equal(np.asarray(labels), top[:16])
 

@@ -28,6 +28,7 @@ from conftest import REPO_ROOT
 import mhe_jax
 from mhe_jax import config_lib
 from mhe_jax import inference
+from mhe_jax import model_info
 from mhe_jax import registry
 from mhe_jax import serve
 from mhe_jax import train
@@ -41,7 +42,7 @@ def _untrained(workdir, config):
   trainer = train.Trainer(config, workdir)
   trainer.checkpointer.save(0, trainer.init_state(), {})
   trainer.checkpointer.close()
-  inference.write_model_info(workdir, config, trainer.data)
+  model_info.write(workdir, config, trainer.data)
 
 
 def _call(port, method, path, body=None, headers=None, conn=None):

@@ -48,6 +48,7 @@ import os
 import pathlib
 import re
 import xml.parsers.expat
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -494,12 +495,52 @@ def read_xc(path: PathLike, *, encoding: str = "utf-8") -> XMCData:
   lines, ends_with_newline = _read_lines(path, encoding)
   n, num_features, num_labels = _parse_xc_header(path, lines[0])
   body = lines[1:]
+  data = parse_xc_rows(
+      path, body[:n], num_features, num_labels, first_line=2,
+      last_unterminated=len(body) <= n and not ends_with_newline)
+  if len(body) < n:
+    raise FormatError(
+        path, len(body) + 2, f"unexpected end of file after {len(body)} rows; "
+        f"the header declares {n} (truncated file?)")
+  if len(body) > n:
+    raise FormatError(
+        path, n + 2, f"more rows than the {n} the header declares")
+  return data
+
+
+def parse_xc_rows(path: PathLike, lines: Sequence[str], num_features: int,
+                  num_labels: int, *, first_line: int = 2,
+                  last_unterminated: bool = False) -> XMCData:
+  """Parses rows of the XC text format (no header) held in memory.
+
+  The one row parser of the format: :func:`read_xc` runs it on a file's
+  rows, and :func:`mhe_jax.streaming.iter_xc_batches` on each batch of lines
+  it reads, so both apply the same rules and raise the same errors.
+
+  Args:
+    path: the file the lines come from (named in errors).
+    lines: the rows, without line terminators.
+    num_features: F, the header's feature count.
+    num_labels: L, the header's label count.
+    first_line: the 1-based file line of ``lines[0]`` (2 after the header).
+    last_unterminated: the last of ``lines`` ends the file without a line
+      terminator (a malformed last row is then reported as possibly
+      truncated).
+
+  Returns:
+    ``len(lines)`` examples, with ``label_names=None``.
+
+  Raises:
+    FormatError: naming ``path`` and the line of the first problem found
+      (malformed row, index out of range, duplicates, non-numeric or
+      non-finite values).
+  """
   errors = _Errors(path)
 
   # Row syntax, line by line (regex in C; no per-token Python).
   label_strs, feature_strs = [], []
   bad_row = None
-  for i, line in enumerate(body[:n]):
+  for i, line in enumerate(lines):
     m = _XC_ROW_RE.fullmatch(line)
     if m is None:
       bad_row = i
@@ -507,7 +548,7 @@ def read_xc(path: PathLike, *, encoding: str = "utf-8") -> XMCData:
     label_strs.append(m.group(1) or "")
     feature_strs.append(m.group(2))
   num_rows = len(label_strs)
-  line_of_row = np.arange(num_rows) + 2  # Header is line 1.
+  line_of_row = np.arange(num_rows) + first_line
 
   # Labels.
   label_counts = np.array(
@@ -546,22 +587,15 @@ def read_xc(path: PathLike, *, encoding: str = "utf-8") -> XMCData:
     errors.add(int(line_of_row[dup[0]]),
                f"feature index {dup[1]} given twice in one row")
 
-  # The earliest of: a semantic error above, a malformed row, a row count
-  # that differs from the header.
+  # The earliest of: a semantic error above, a malformed row.
   errors.raise_first()
   if bad_row is not None:
-    is_last = bad_row == len(body) - 1
+    is_last = bad_row == len(lines) - 1
     raise FormatError(
-        path, bad_row + 2, _diagnose_xc_row(body[bad_row])
-        + _truncation_hint(is_last, ends_with_newline))
-  if len(body) < n:
-    raise FormatError(
-        path, len(body) + 2, f"unexpected end of file after {len(body)} rows; "
-        f"the header declares {n} (truncated file?)")
-  if len(body) > n:
-    raise FormatError(
-        path, n + 2, f"more rows than the {n} the header declares")
+        path, bad_row + first_line, _diagnose_xc_row(lines[bad_row])
+        + _truncation_hint(is_last, not last_unterminated))
 
+  n = len(lines)
   X = _build_csr(feature_rows, feature_idx, feature_vals, (n, num_features))
   Y = _build_csr(label_rows, label_idx, np.ones(label_idx.size, np.float32),
                  (n, num_labels))
