@@ -42,14 +42,14 @@ from absl import flags
 import ml_collections
 import numpy as np
 
-from mhe_jax import registry
+from mhe_jax.data import datasets
 from mhe_jax.data import formats
 from mhe_jax.data import pipeline
 from mhe_jax.data import synthetic
 
 _DATA = flags.DEFINE_string(
     "data_dir", None,
-    "Real data directory (holds delicious/); default registry.data_root's "
+    "Real data directory (holds delicious/); default datasets.data_root's "
     "($MHE_DATA_DIR, else ../shared/data).")
 _BATCH = flags.DEFINE_integer("batch", 256, "Global batch size.")
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Training epochs per timing.")
@@ -105,7 +105,7 @@ def _loader_rows(dataset: str, source: pipeline.Source,
 
 
 def _delicious(threads: list[int]) -> list[dict]:
-  d = registry.data_root(ml_collections.ConfigDict(
+  d = datasets.data_root(ml_collections.ConfigDict(
       {"data_dir": _DATA.value or ""})) / "delicious"
   train, sec = _timed(lambda: formats.read_xc(d / "train.txt"))
   rows = [dict(dataset="delicious", stage="read_xc train.txt",

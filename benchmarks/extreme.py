@@ -74,6 +74,7 @@ import numpy as np
 
 from mhe_jax import config_lib
 from mhe_jax import registry
+from mhe_jax.data import datasets as datasets_lib
 from mhe_jax.data import formats
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -188,7 +189,7 @@ def _param_count(tree) -> int:
                  jax.tree.leaves(nnx.state(tree, nnx.Param))))
 
 
-def head_inputs(config, data: registry.Dataset) -> dict[str, np.ndarray]:
+def head_inputs(config, data: datasets_lib.Dataset) -> dict[str, np.ndarray]:
   """What the head sees in one training step, from the first training batch.
 
   Returns ``labels`` (int ``[B, L]`` multi-label or ``[B]``; sequence data:
@@ -210,7 +211,7 @@ def head_inputs(config, data: registry.Dataset) -> dict[str, np.ndarray]:
   return {"labels": labels, "where": where}
 
 
-def classifier_cost(config, data: registry.Dataset, *,
+def classifier_cost(config, data: datasets_lib.Dataset, *,
                     repeats: int = 5) -> dict[str, Any]:
   """The head alone: loss-and-gradient step time, compiled memory, params.
 
@@ -293,14 +294,14 @@ def head_row(method: str, dataset: str, config_name: str, results: dict,
           "settings": settings(config_name), "run": run}
 
 
-_DATA_CACHE: dict[str, registry.Dataset] = {}
+_DATA_CACHE: dict[str, datasets_lib.Dataset] = {}
 
 
-def _dataset(config) -> registry.Dataset:
+def _dataset(config) -> datasets_lib.Dataset:
   """The Dataset of ``config.data`` (loaded once per data config)."""
   key = config.data.to_json() + f"|{config.seed}"
   if key not in _DATA_CACHE:
-    _DATA_CACHE[key] = registry.load_dataset(config.data, config.seed)
+    _DATA_CACHE[key] = datasets_lib.load_dataset(config.data, config.seed)
   return _DATA_CACHE[key]
 
 
@@ -545,7 +546,7 @@ def collect(datasets, methods, *, quick: bool, run: str,
         if dataset not in PEER_DATASETS:
           continue
         if xc is None:
-          root = registry.data_root(ml_collections.ConfigDict(
+          root = datasets_lib.data_root(ml_collections.ConfigDict(
               {"data_dir": data_dir or ""})) / dataset
           xc = (formats.read_xc(root / "train.txt"),
                 formats.read_xc(root / "test.txt"))

@@ -38,7 +38,7 @@ import scipy.sparse as sp
 
 from mhe_jax import knn
 from mhe_jax import metrics
-from mhe_jax import registry
+from mhe_jax.data import datasets
 from mhe_jax.data import formats
 from mhe_jax.nn import encoders
 import ml_collections
@@ -136,7 +136,7 @@ def softmax_linear(p_tr: np.ndarray, y_tr: sp.csr_matrix, p_va: np.ndarray,
 def main(argv):
   del argv
   cfg = ml_collections.ConfigDict({"data_dir": ""})
-  path = registry.data_root(cfg) / _DATASET.value / "train.txt"
+  path = datasets.data_root(cfg) / _DATASET.value / "train.txt"
   x_tr, y_tr, x_va, y_va = split(formats.read_xc(path), _VALIDATION.value)
   a, b = knn.tfidf(x_tr, x_tr), knn.tfidf(x_tr, x_va)
   rows = []

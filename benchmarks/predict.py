@@ -90,8 +90,8 @@ import numpy as np
 import mhe_jax
 from mhe_jax import export as export_lib
 from mhe_jax import metrics as metrics_lib
-from mhe_jax import registry
 from mhe_jax import train
+from mhe_jax.data import datasets
 from mhe_jax.data import formats
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -684,14 +684,14 @@ def _test_set(dataset: str, workdir) -> formats.XMCData:
   if dataset == "synthetic_1m":
     from mhe_jax import config_lib  # pylint: disable=g-import-not-at-top
     config = config_lib.from_json(pathlib.Path(workdir) / "config.json")
-    return registry.load_dataset(config.data, config.seed).eval.data
+    return datasets.load_dataset(config.data, config.seed).eval.data
   return formats.read_xc(_data_dir(dataset) / "test.txt")
 
 
 def _data_dir(dataset: str) -> pathlib.Path:
   config = _config("delicious" if dataset == "delicious" else "citeulike_t",
                    "head=mhp")
-  return registry.data_root(config.data) / dataset
+  return datasets.data_root(config.data) / dataset
 
 
 def _mhe_config(dataset: str, head: str):

@@ -48,8 +48,8 @@ import numpy as np
 
 import mhe_jax
 from mhe_jax import config_lib
-from mhe_jax import registry
 from mhe_jax import train
+from mhe_jax.data import datasets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def small_workdir(root: pathlib.Path, num_classes: int) -> pathlib.Path:
 def request_bodies(workdir: pathlib.Path, k: int) -> list[bytes]:
   """One-instance predict bodies from the workdir's evaluation split."""
   config = config_lib.from_json(workdir / "config.json")
-  X = registry.load_dataset(config.data, config.seed).eval.data.X.tocsr()
+  X = datasets.load_dataset(config.data, config.seed).eval.data.X.tocsr()
   return [json.dumps({"indices": X[i].indices.tolist(),
                       "values": X[i].data.astype(float).tolist(),
                       "k": k}).encode()

@@ -44,6 +44,7 @@ import numpy as np
 from mhe_jax import config_lib
 from mhe_jax import registry
 from mhe_jax import train
+from mhe_jax.data import datasets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -84,7 +85,7 @@ def _count(tree) -> int:
 
 def param_counts(config) -> dict[str, int]:
   """Head / encoder / model parameters, from abstract shapes (no allocation)."""
-  data = registry.load_dataset(config.data, config.seed)
+  data = datasets.load_dataset(config.data, config.seed)
   model = nnx.eval_shape(
       lambda: registry.build_model(config, data, nnx.Rngs(config.seed)))
   return dict(head_params=_count(model.head),

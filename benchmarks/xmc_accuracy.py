@@ -62,7 +62,7 @@ import numpy as np
 from mhe_jax import config_lib
 from mhe_jax import knn as knn_lib
 from mhe_jax import metrics as metrics_lib
-from mhe_jax import registry
+from mhe_jax.data import datasets as datasets_lib
 from mhe_jax.data import formats
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -139,8 +139,8 @@ _PLOT = flags.DEFINE_string(
 
 
 def data_root() -> pathlib.Path:
-  """--data_dir, else registry.data_root's ($MHE_DATA_DIR, ../shared/data)."""
-  return registry.data_root(
+  """--data_dir, else datasets.data_root's ($MHE_DATA_DIR, ../shared/data)."""
+  return datasets_lib.data_root(
       ml_collections.ConfigDict({"data_dir": _DATA_DIR.value or ""}))
 
 

@@ -119,11 +119,11 @@ def eval_curve(metrics_jsonl: pathlib.Path) -> list[list[float]]:
 
 
 def peer_trial() -> dict:
-  from mhe_jax import registry  # pylint: disable=g-import-not-at-top
+  from mhe_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from mhe_jax.data import formats  # pylint: disable=g-import-not-at-top
   train = formats.read_xc(xmc_accuracy.data_root() / _DATASET.value /
                           "train.txt")
-  fit, held_out = registry._split_validation(  # pylint: disable=protected-access
+  fit, held_out = datasets._split_validation(  # pylint: disable=protected-access
       train, _VALIDATION.value)
   row = xmc_accuracy.run_peer(_PEER.value, _DATASET.value, fit, held_out)
   return {"dataset": _DATASET.value, "config": _PEER.value, "overrides": {},

@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                  # Seeds init, data order, dropout and sampling.
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "synthetic"   # Dataset: see mhe_jax.registry.DATASETS.
+  c.data.name = "synthetic"   # Dataset: see mhe_jax.data.datasets.DATASETS.
   c.data.train = ""           # xc_files / arff_files: training file path.
   c.data.test = ""            # xc_files / arff_files: test file path.
   c.data.labels_xml = ""      # arff_files: Mulan XML naming the label attributes.

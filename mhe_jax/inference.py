@@ -431,9 +431,10 @@ class Predictor:
 
   def _csr_inputs(self, m: sp.spmatrix,
                   width: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Padded ``(ids, values)`` of sparse rows, read from the CSR arrays
-    with numpy (no scipy operation on a CSR matrix whose indices are
-    sorted; other formats are converted to one first)."""
+    """Padded ``(ids, values)`` of sparse rows
+    (:func:`mhe_jax.data.formats.padded_rows`, numpy only: no scipy
+    operation on a CSR matrix whose indices are sorted; other formats are
+    converted to one first)."""
     if m.format != "csr":
       m = m.tocsr()
     if not m.has_sorted_indices:  # rows in feature order, as in training
@@ -455,17 +456,7 @@ class Predictor:
     elif longest > width:
       raise ValueError(f"row {int(np.argmax(counts))} has {longest} "
                        f"features, more than the padded width {width}")
-    ids = np.full((n, width), -1, np.int32)
-    values = np.zeros((n, width), np.float32)
-    if n == 1:
-      ids[0, :nnz] = indices[indptr[0]:indptr[1]]
-      values[0, :nnz] = m.data[indptr[0]:indptr[1]]
-    elif nnz:
-      rows = np.repeat(np.arange(n), counts)
-      cols = np.arange(nnz) - np.repeat(indptr[:-1] - indptr[0], counts)
-      ids[rows, cols] = indices[indptr[0]:indptr[-1]]
-      values[rows, cols] = m.data[indptr[0]:indptr[-1]]
-    return ids, values
+    return formats.padded_rows(m, width)
 
   def _width(self, longest: int) -> int:
     """The feature-width bucket of a chunk whose longest row is ``longest``."""

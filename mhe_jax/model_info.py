@@ -44,6 +44,7 @@ with _extras.requires("train"):
 from mhe_jax import config_lib
 from mhe_jax import registry
 from mhe_jax import workdir as workdir_lib
+from mhe_jax.data import datasets
 
 PathLike = str | os.PathLike
 
@@ -55,7 +56,7 @@ LABEL_FEATURES_FILE = workdir_lib.LABEL_FEATURES_FILE
 
 
 def write(workdir: PathLike, config: ml_collections.ConfigDict,
-          data: registry.Dataset) -> None:
+          data: datasets.Dataset) -> None:
   """Writes ``config.json`` and ``model_info.json`` into a training workdir.
 
   These hold what :func:`read` needs to rebuild the model without the
@@ -167,14 +168,14 @@ def resolve(path: PathLike,
   return workdir, ckpt_dir / str(step)
 
 
-def dataset_spec(info: Mapping[str, Any]) -> registry.Dataset:
+def dataset_spec(info: Mapping[str, Any]) -> datasets.Dataset:
   """A Dataset with the facts ``registry.build_model`` reads, and no data.
 
   Args:
     info: the contents of ``model_info.json``.
   """
   idf = (np.ones(info["input_size"], np.float32) if info["has_idf"] else None)
-  return registry.Dataset(
+  return datasets.Dataset(
       train=types.SimpleNamespace(context=info["context"],
                                   max_features=info["max_features"],
                                   max_len=info.get("max_len")),
@@ -206,7 +207,7 @@ def _unidec_label_features(workdir: pathlib.Path
 
 
 def read(workdir: PathLike) -> tuple[ml_collections.ConfigDict,
-                                     dict[str, Any], registry.Dataset]:
+                                     dict[str, Any], datasets.Dataset]:
   """The config, ``model_info.json`` and a Dataset stand-in of a workdir.
 
   Args:

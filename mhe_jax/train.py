@@ -67,6 +67,7 @@ from mhe_jax import sequence_eval
 from mhe_jax import sharding as sharding_lib
 from mhe_jax import workdir as workdir_lib
 from mhe_jax import writers
+from mhe_jax.data import datasets
 from mhe_jax.data import pipeline
 from mhe_jax.nn import mhs
 from mhe_jax.nn import models as models_lib
@@ -121,7 +122,7 @@ class Trainer:
     self.workdir = pathlib.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     self.mesh, self.rules = _mesh_and_rules(config)
-    self.data = registry.load_dataset(config.data, config.seed)
+    self.data = datasets.load_dataset(config.data, config.seed)
     if config.head.type != "vanilla":
       registry.make_codec(config.head, self.data.num_classes,  # fail early
                           self.data)

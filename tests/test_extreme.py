@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from mhe_jax import LabelCodec
-from mhe_jax import registry
+from mhe_jax.data import datasets
 import tiny_config as tiny_config_lib
 
 
@@ -57,7 +57,7 @@ def test_config_arguments_and_split(bench):
 def test_classifier_cost_counts_by_hand(bench, head):
   config = tiny_config_lib.get_config()  # C=500, F=2000, d=32, batch 64
   config.head.type = head
-  data = registry.load_dataset(config.data, config.seed)
+  data = datasets.load_dataset(config.data, config.seed)
   cost = bench.classifier_cost(config, data, repeats=1)
   c, d = 500, 32
   outputs = c if head == "vanilla" else sum(LabelCodec.balanced(c, 2).radices)

@@ -365,3 +365,38 @@ def test_undecodable_byte_line_counts_cr_line_ends(tmp_path):
   path.write_bytes(b"2 4 2\r\n0 1:1\r\n\xff 2:1\r\n")
   with pytest.raises(FormatError, match=r"cr.txt, line 3: not valid utf-8"):
     formats.read_xc(path)
+
+
+def test_parse_xc_rows_is_read_xc_on_lines_in_memory(tmp_path):
+  rows = ["0,2 1:0.5 3:2", " 0:1", "", "1 2:3 1:4"]
+  path = tmp_path / "d.txt"
+  path.write_text("4 5 3\n" + "\n".join(rows) + "\n")
+  whole = formats.read_xc(path)
+  parsed = formats.parse_xc_rows(path, rows, 5, 3)
+  assert parsed.equals(whole)
+  # Errors name the file line: first_line is the line of rows[0].
+  with pytest.raises(FormatError, match=r"d.txt, line 12: feature index 7 >= "
+                     r"number of features 5"):
+    formats.parse_xc_rows(path, ["0 1:1", "0 7:1"], 5, 3, first_line=11)
+  with pytest.raises(FormatError, match=r"line 3: .*\(truncated last line\?\)"):
+    formats.parse_xc_rows(path, ["0 1:1", "0 2:"], 5, 3,
+                          last_unterminated=True)
+
+
+def test_padded_rows_of_one_row_equal_the_batch_path():
+  m = sp.random(30, 50, density=0.2, format="csr", dtype=np.float32,
+                random_state=0)
+  ids_all, values_all = formats.padded_rows(m, 24)
+  for r in (0, 7, 29):
+    ids, values = formats.padded_rows(m[r:r + 1], 24)
+    np.testing.assert_array_equal(ids, ids_all[r:r + 1])
+    np.testing.assert_array_equal(values, values_all[r:r + 1])
+  ids, values = formats.padded_rows(m[3:4], 24, with_values=False)
+  assert values is None and np.array_equal(ids, ids_all[3:4])
+
+
+def test_smooth_idf_is_sklearns_smooth_idf():
+  m = sp.csr_matrix(np.array([[1., 0., 2.], [0., 0., 3.], [0., 0., 0.]]))
+  np.testing.assert_allclose(
+      formats.smooth_idf(m), np.log(4 / np.array([2., 1., 3.])) + 1,
+      rtol=1e-6)

@@ -28,6 +28,7 @@ from mhe_jax import registry
 from mhe_jax import streaming
 from mhe_jax import train
 from mhe_jax.data import corpus as corpus_lib
+from mhe_jax.data import datasets
 from mhe_jax.data import formats
 import tiny_config
 
@@ -344,7 +345,7 @@ def test_clustered_label_order_is_restored(tmp_path, test_data):
   # load() has no training data, so it must come from the workdir.
   config = _untrained(tmp_path, **{"head.type": "mhc",
                                    "head.label_order": "clustered"})
-  data = registry.load_dataset(config.data, config.seed)
+  data = datasets.load_dataset(config.data, config.seed)
   want = registry.make_codec(config.head, data.num_classes, data)
   assert want.permuted
   loaded = inference.load(tmp_path, batch_sizes=(8,))
@@ -409,6 +410,23 @@ def test_iter_xc_batches_errors_name_the_first_bad_line(tmp_path, content,
   with pytest.raises(formats.FormatError) as e_whole:
     formats.read_xc(path)
   assert e_whole.value.line == line
+
+
+@pytest.mark.parametrize("content", [
+    b"3 4 2\n0 1:1\n1 2:1\n0 3:",         # bad last row, no final newline
+    b"3 4 2\n0 1:1\n1 2:1\n0 3:\n",       # ... with one
+    b"2 4 2\n0 1:1\n0 1:2 1:3\n",          # a duplicate feature
+    b"2 4 2\n0 1:1\n",                     # fewer rows than the header
+])
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_iter_xc_batches_errors_equal_read_xcs(tmp_path, content, batch_size):
+  path = tmp_path / "in.txt"
+  path.write_bytes(content)
+  with pytest.raises(formats.FormatError) as whole:
+    formats.read_xc(path)
+  with pytest.raises(formats.FormatError) as streamed:
+    list(streaming.iter_xc_batches(path, batch_size)[0])
+  assert str(streamed.value) == str(whole.value)
 
 
 def test_text_batches_name_an_undecodable_line(tmp_path):

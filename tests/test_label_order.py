@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from mhe_jax import LabelCodec
 from mhe_jax import label_order
 from mhe_jax import registry
+from mhe_jax.data import datasets
 from mhe_jax.nn.mhc import MHCHead
 from mhe_jax.nn.mhp import MHPHead
 from mhe_jax.nn.mhs import MHSHead
@@ -263,7 +264,7 @@ def test_registry_make_codec_label_orders():
   Y = sp.csr_matrix((np.ones(20), (np.arange(20), np.arange(20))))
   from mhe_jax.data import formats, pipeline  # pylint: disable=import-outside-toplevel
   source = pipeline.SparseSource(formats.XMCData(X, Y, None))
-  data = registry.Dataset(train=source, eval=source, num_classes=20,
+  data = datasets.Dataset(train=source, eval=source, num_classes=20,
                           multilabel=True, input_keys=(), input_size=8,
                           label_counts=np.ones(20), num_train=20)
   cfg = ml_collections.ConfigDict(dict(radices=(4, 5), num_heads=2,

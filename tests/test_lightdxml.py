@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO_ROOT
 from mhe_jax import config_lib
 from mhe_jax import registry
+from mhe_jax.data import datasets
 from mhe_jax.nn.encoders import SparseMLPEncoder
 from mhe_jax.nn.lightdxml import LightDXML
 from test_unidec import learns
@@ -79,7 +80,7 @@ def test_auto_index_is_exact_for_lightdxml_above_the_size_switch(
       REPO_ROOT / "configs" / "bibtex.py", f"head={method},runlocal",
       {"head.index": "auto", "head.exact_index_max_labels": 100,
        "head.index_probe": 16, "data.data_dir": str(shared_data)})
-  data = registry.load_dataset(config.data, config.seed)
+  data = datasets.load_dataset(config.data, config.seed)
   assert data.num_classes > config.head.exact_index_max_labels
   model = nnx.eval_shape(
       lambda: registry.build_model(config, data, nnx.Rngs(0)))

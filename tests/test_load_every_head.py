@@ -25,6 +25,7 @@ from mhe_jax import model_info
 from mhe_jax import registry
 from mhe_jax import streaming
 from mhe_jax import train
+from mhe_jax.data import datasets
 from mhe_jax.data import formats
 from mhe_jax.data import pipeline
 
@@ -93,7 +94,7 @@ def test_load_predict_export_equal_the_trainers_evaluation(head_type, trained,
                                                            tmp_path):
   config, workdir, results, want_labels = trained(head_type)
   predictor = mhe_jax.load(workdir, batch_sizes=(64,))
-  data = registry.load_dataset(config.data, config.seed)
+  data = datasets.load_dataset(config.data, config.seed)
   test = data.eval.data
   assert want_labels.shape[0] == test.num_examples
   scores, labels = predictor.predict(test, k=K)
@@ -122,7 +123,7 @@ def test_load_predict_export_equal_the_trainers_evaluation(head_type, trained,
 
 def test_unidec_needs_a_bag_of_words_training_source():
   config = tiny("unidec")
-  data = registry.load_dataset(config.data, config.seed)
+  data = datasets.load_dataset(config.data, config.seed)
   data.train = pipeline.TokenSource(np.arange(20, dtype=np.int32), 4)
   with pytest.raises(ValueError, match=r"training source is a TokenSource, "
                      r"not a SparseSource"):
@@ -147,7 +148,7 @@ def test_loading_unidec_without_its_label_features_names_the_file(
 def test_predict_cli_on_a_unidec_workdir(trained, tmp_path):
   """The predict command line on the UniDEC run equals Predictor.predict."""
   config, workdir, _, _ = trained("unidec")
-  test = registry.load_dataset(config.data, config.seed).eval.data
+  test = datasets.load_dataset(config.data, config.seed).eval.data
   xc = tmp_path / "test.txt"
   formats.write_xc(test, xc)
   out = tmp_path / "pred.txt"

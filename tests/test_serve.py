@@ -29,9 +29,9 @@ import mhe_jax
 from mhe_jax import config_lib
 from mhe_jax import inference
 from mhe_jax import model_info
-from mhe_jax import registry
 from mhe_jax import serve
 from mhe_jax import train
+from mhe_jax.data import datasets
 import tiny_config
 
 MAX_BYTES = 64 << 10
@@ -86,7 +86,7 @@ def bow_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("mhp")
   config = tiny_config.make(2, 2)
   train.train_and_evaluate(config, workdir)
-  X = registry.load_dataset(config.data, config.seed).eval.data.X.tocsr()
+  X = datasets.load_dataset(config.data, config.seed).eval.data.X.tocsr()
   return workdir, X
 
 

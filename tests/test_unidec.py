@@ -12,6 +12,7 @@ from conftest import REPO_ROOT
 from mhe_jax import config_lib
 from mhe_jax import registry
 from mhe_jax import train
+from mhe_jax.data import datasets
 from mhe_jax.data import label_features
 from mhe_jax.nn import unidec
 from mhe_jax.ops import losses
@@ -216,7 +217,7 @@ def test_label_names_come_from_the_mulan_xml(shared_data):
   config = load_module(REPO_ROOT / "configs" / "bibtex.py").get_config(
       "head=unidec")
   config.data.data_dir = str(shared_data)
-  data = registry.load_dataset(config.data, 0)
+  data = datasets.load_dataset(config.data, 0)
   names = registry.label_names(config.data, data)
   assert len(names) == 159 and names[4] == "TAG_algorithms"
 

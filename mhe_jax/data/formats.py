@@ -204,6 +204,16 @@ def padded_rows(
     >>> ids.tolist(), values.tolist()
     ([[0, -1], [-1, -1], [1, 2]], [[4.0, 0.0], [0.0, 0.0], [2.0, 3.0]])
   """
+  if rows is None and m.shape[0] == 1:
+    # One row (a single request): two slices, no index arrays.
+    start, end = m.indptr[0], m.indptr[1]
+    ids = np.full((1, width), -1, np.int32)
+    ids[0, :end - start] = m.indices[start:end]
+    values = None
+    if with_values:
+      values = np.zeros((1, width), np.float32)
+      values[0, :end - start] = m.data[start:end]
+    return ids, values
   if rows is None:
     starts = m.indptr[:-1]
     counts = np.diff(m.indptr)
@@ -262,6 +272,31 @@ def keep_largest(m: sp.spmatrix, width: int,
                         np.concatenate([[0], np.cumsum(
                             np.minimum(counts, width))])), shape=m.shape)
   return kept
+
+
+def smooth_idf(m: sp.spmatrix | np.ndarray) -> np.ndarray:
+  """Smooth inverse document frequencies of a ``[N, V]`` feature matrix.
+
+  ``idf_v = log((1 + N) / (1 + df_v)) + 1`` with ``df_v`` the number of
+  rows where feature ``v`` is non-zero: sklearn's
+  ``TfidfTransformer(smooth_idf=True)``, as if one extra document held
+  every feature once (so no division by zero, and features absent from the
+  training set get the largest weight, ``log(1 + N) + 1``). Explicit zeros
+  in the CSR do not count.
+
+  Args:
+    m: scipy sparse (any format) or dense ``[N, V]`` features.
+
+  Returns:
+    float32 ``[V]``.
+  """
+  m = sp.csr_matrix(m, copy=True)
+  m.sum_duplicates()
+  m.eliminate_zeros()
+  n = m.shape[0]
+  df_v = np.bincount(m.indices, minlength=m.shape[1])
+  idf_v = np.log((1.0 + n) / (1.0 + df_v)) + 1.0
+  return idf_v.astype(np.float32)
 
 
 # ----------------------------------------------------------------------------

@@ -70,6 +70,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 
+from mhe_jax.data import formats
+
 ArrayLike = jax.typing.ArrayLike
 
 _RELU_INIT = nnx.initializers.he_normal()
@@ -315,12 +317,9 @@ class SparseMLPEncoder(nnx.Module):
   def idf_from_csr(X_csr: sp.spmatrix | ArrayLike) -> np.ndarray:
     """Smooth inverse document frequencies of a ``[N, V]`` feature matrix.
 
-    ``idf_v = log((1 + N) / (1 + df_v)) + 1`` with ``df_v`` the number of
-    rows where feature ``v`` is non-zero: sklearn's
-    ``TfidfTransformer(smooth_idf=True)``, as if one extra document held
-    every feature once (so no division by zero, and features absent from
-    the training set get the largest weight, ``log(1 + N) + 1``). Explicit
-    zeros in the CSR do not count.
+    :func:`mhe_jax.data.formats.smooth_idf` (sklearn's
+    ``TfidfTransformer(smooth_idf=True)``), the weights a dataset loader
+    computes from the training rows.
 
     Args:
       X_csr: scipy sparse (any format) or dense ``[N, V]`` features.
@@ -328,13 +327,7 @@ class SparseMLPEncoder(nnx.Module):
     Returns:
       float32 ``[V]``.
     """
-    X_csr = sp.csr_matrix(X_csr, copy=True)
-    X_csr.sum_duplicates()
-    X_csr.eliminate_zeros()
-    n = X_csr.shape[0]
-    df_v = np.bincount(X_csr.indices, minlength=X_csr.shape[1])
-    idf_v = np.log((1.0 + n) / (1.0 + df_v)) + 1.0
-    return idf_v.astype(np.float32)
+    return formats.smooth_idf(X_csr)
 
   @staticmethod
   def svd_embedding(X_csr: sp.spmatrix, embed_dim: int, *,
