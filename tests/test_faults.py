@@ -25,9 +25,9 @@ from conftest import REPO_ROOT
 import mhe_jax
 from mhe_jax import checkpointing
 from mhe_jax import config_lib
-from mhe_jax import registry
 from mhe_jax import streaming
 from mhe_jax import train
+from mhe_jax.data import datasets
 from mhe_jax.data import pipeline
 import kill_during_save
 import tiny_config
@@ -408,7 +408,7 @@ def test_a_missing_data_path_fails_before_any_work(key, kind, tmp_path,
                                                    monkeypatch):
   def no_data(*args, **kwargs):
     raise AssertionError("data was read")
-  monkeypatch.setattr(registry, "load_dataset", no_data)
+  monkeypatch.setattr(datasets, "load_dataset", no_data)
   missing = tmp_path / "nope" / "x.txt"
   workdir = tmp_path / "work"
   for path, what in [(missing, "does not exist"),
