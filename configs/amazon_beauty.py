@@ -20,7 +20,9 @@ excluded, and, labelled ``sampled/``, the BERT4Rec protocol (target among
   the validation targets, trials in
   benchmarks/results/amazon_beauty_tuning.json).
 * ``head=vanilla|mhp|mhc|mhs``: the full softmax classifier (chunked CE over
-  all items, as SASRec+ of Klenitskiy & Vasilev, RecSys 2023), MHP / MHS
+  all items, its kernel tied to the encoder's item table, as SASRec+ of
+  Klenitskiy & Vasilev, RecSys 2023; tied and untied trials in the tuning
+  log), MHP / MHS
   with the balanced 2-head codec (radices (248, 220)), MHC as ``best``;
   20,000 steps (~64 epochs). ``,runlocal``: seconds of training (the full
   test split is still evaluated), e.g. ``:head=mhc,runlocal``.
@@ -63,6 +65,8 @@ def get_config(arg: str | None = None):
   config.head.beam = 16
   config.head.hidden = 64
   config.head.num_sampled_groups = 64
+  if head == "vanilla":  # scores are <x, item embedding> + bias
+    config.head.tie_embeddings = True
   if head == "mhc":  # hierarchical softmax with a vector per item
     config.head.radices = (1024, 54)
     config.head.child_embedding = "table"
