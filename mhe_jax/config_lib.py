@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.encoder.num_blocks = 2    # sasrec: pre-LayerNorm self-attention blocks.
   c.encoder.num_attention_heads = 1  # sasrec: heads per attention (divide embed_dim).
   c.encoder.ffn_dim = 0       # sasrec: feed-forward inner width; 0 -> embed_dim.
+  # sasrec: std of the item / position tables at init (the tied classifier
+  # kernel starts from the item table); 0 -> 1/sqrt(embed_dim).
+  c.encoder.init_std = 0.0
 
   c.head = ml_collections.ConfigDict()
   c.head.type = "mhp"         # Head: see mhe_jax.registry.HEADS.

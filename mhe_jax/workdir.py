@@ -146,6 +146,7 @@ KEY_EFFECTS: dict[str, bool] = {
     "encoder.num_blocks": CHANGES_STATE,
     "encoder.num_attention_heads": CHANGES_STATE,
     "encoder.ffn_dim": CHANGES_STATE,
+    "encoder.init_std": CHANGES_STATE,
     # The head: type, sizes, radices, label order, losses, shortlists.
     "head.type": CHANGES_STATE,
     "head.num_heads": CHANGES_STATE,

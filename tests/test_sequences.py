@@ -122,15 +122,32 @@ def test_sasrec_is_causal_and_ignores_padding():
                 - x).max() > 1e-3
 
 
+def test_init_std_sets_the_item_and_position_tables():
+  for std, want in ((None, 1 / math.sqrt(32)), (0.02, 0.02)):
+    enc = SASRecEncoder(4000, 50, 32, num_blocks=0, init_std=std,
+                        rngs=nnx.Rngs(0))
+    items = np.asarray(enc.item_embedding[...])
+    pos = np.asarray(enc.position_embedding[...])
+    # 128,000 and 1,600 N(0, want^2) draws: sample std within 2% and 10%.
+    assert abs(items.std() / want - 1) < 0.02, (std, items.std())
+    assert abs(pos.std() / want - 1) < 0.1, (std, pos.std())
+  with pytest.raises(ValueError, match="init_std"):
+    SASRecEncoder(10, 4, 8, init_std=0.0, rngs=nnx.Rngs(0))
+
+
 def test_tied_embeddings_read_the_head_kernel():
   rngs = nnx.Rngs(0)
   enc = SASRecEncoder(12, 4, 8, num_blocks=1, rngs=rngs)
   head = heads.VanillaHead(8, 12, rngs=rngs)
+  table_cd = np.asarray(enc.item_embedding[...])
   untied = Classifier(nnx.clone(enc), nnx.clone(head), ("items",))
-  untied.encoder.item_embedding[...] = head.kernel[...].T
+  untied.head.kernel[...] = jnp.asarray(table_cd.T)
   enc.tie(head)
-  np.testing.assert_array_equal(np.asarray(enc.item_table()),
-                                np.asarray(head.kernel[...]).T)
+  # The shared table starts from the encoder's draw and is the head's kernel.
+  np.testing.assert_array_equal(np.asarray(enc.item_table()), table_cd)
+  np.testing.assert_array_equal(np.asarray(head.kernel[...]).T, table_cd)
+  with pytest.raises(ValueError, match="tied already"):
+    enc.tie(head)
   model = Classifier(enc, head, ("items",))
   shapes = [x.shape for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
   assert shapes.count((8, 12)) == 1 and (12, 8) not in shapes  # stored once

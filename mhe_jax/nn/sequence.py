@@ -20,11 +20,18 @@ into rows). Sequences are left-padded with ``-1``
 position ``T - 1``. A padded query position attends to nothing; its
 output is 0 and it carries no loss.
 
+Initialisation: the item table and the positions are drawn from
+``N(0, init_std^2)``; ``init_std`` defaults to ``1/sqrt(d)`` (input
+components of unit scale after the ``sqrt(d)`` factor); SASRec's
+reimplementations draw both with std 0.02.
+
 Tied embeddings (:meth:`SASRecEncoder.tie`): the encoder reads its item table
 from a :class:`~mhe_jax.nn.vanilla.VanillaHead`'s kernel ``[d, C]`` instead
 of a table of its own, so the score of item ``c`` is ``<x, E[c]> + b_c``
-(the original SASRec scores with the input embeddings). Needs the head's
-classes unsharded (a class-sharded kernel would be gathered per lookup).
+(the original SASRec scores with the input embeddings). The shared table
+starts from the encoder's draw (copied into the kernel's ``C`` columns).
+Needs the head's classes unsharded (a class-sharded kernel would be gathered
+per lookup).
 
 Logical axis names: the item table ``('vocab', 'embed')``, positions
 ``(None, 'embed')``, attention projections ``('embed', 'mlp')`` /
@@ -151,6 +158,8 @@ class SASRecEncoder(nnx.Module):
     num_heads: attention heads per block.
     ffn_dim: feed-forward inner width; None: d.
     dropout: dropout rate (embeddings, attention output, feed-forward).
+    init_std: std of the item and position tables at init; None:
+      ``1/sqrt(embed_dim)``.
     dtype: computation dtype (parameters stay float32).
     rngs: ``params`` and, with dropout, ``dropout``.
 
@@ -162,7 +171,10 @@ class SASRecEncoder(nnx.Module):
   def __init__(self, num_items: int, max_len: int, embed_dim: int, *,
                num_blocks: int = 2, num_heads: int = 1,
                ffn_dim: int | None = None, dropout: float = 0.0,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               init_std: float | None = None, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    if init_std is not None and not init_std > 0:
+      raise ValueError(f"init_std must be > 0 (or None), got {init_std}")
     if num_items < 1 or max_len < 1 or embed_dim < 1 or num_heads < 1:
       raise ValueError("num_items, max_len, embed_dim and num_heads must be "
                        f">= 1, got {num_items}, {max_len}, {embed_dim}, "
@@ -175,12 +187,11 @@ class SASRecEncoder(nnx.Module):
     self.max_len = int(max_len)
     self.out_features = int(embed_dim)
     self.dtype = dtype
-    init = _partitioned(nnx.initializers.normal(1.0 / np.sqrt(embed_dim)),
-                        ("vocab", "embed"))
+    std = 1.0 / np.sqrt(embed_dim) if init_std is None else float(init_std)
+    init = _partitioned(nnx.initializers.normal(std), ("vocab", "embed"))
     self.item_embedding = nnx.Param(
         init(rngs.params(), (num_items, embed_dim), jnp.float32))
-    pos_init = _partitioned(nnx.initializers.normal(1.0 / np.sqrt(embed_dim)),
-                            (None, "embed"))
+    pos_init = _partitioned(nnx.initializers.normal(std), (None, "embed"))
     self.position_embedding = nnx.Param(
         pos_init(rngs.params(), (max_len, embed_dim), jnp.float32))
     ffn = int(ffn_dim or embed_dim)
@@ -194,13 +205,19 @@ class SASRecEncoder(nnx.Module):
   def tie(self, head: nnx.Module) -> None:
     """Reads the item table from ``head.kernel`` ``[d, >= C]`` from now on.
 
-    The encoder's own table is deleted; ``head`` stays the one owner of the
-    shared weights (the model's state holds them once).
+    The encoder's table is copied into the kernel's first ``C`` columns
+    (the shared table starts from the encoder's init) and deleted; ``head``
+    stays the one owner of the shared weights (the model's state holds them
+    once).
     """
     kernel = head.kernel
     if kernel.shape[0] != self.out_features or kernel.shape[1] < self.num_items:
       raise ValueError(f"cannot tie a [{self.out_features}, {self.num_items}] "
                        f"item table to a head kernel of shape {kernel.shape}")
+    if self.item_embedding is None:
+      raise ValueError("this encoder's item table is tied already")
+    table_dc = self.item_embedding[...].T.astype(kernel[...].dtype)
+    kernel[...] = kernel[...].at[:, :self.num_items].set(table_dc)
     self.item_embedding = nnx.data(None)
     self.tied_head = nnx.data(head)
 
