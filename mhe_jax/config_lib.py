@@ -118,8 +118,10 @@ def base_config() -> ml_collections.ConfigDict:
   # features, in closed form; num_train_steps must be 1), see mhe_jax/fit.py.
   c.head.fit = "gradient"
   c.head.ridge_lambda = 1.0   # head.fit='least_squares': the ridge penalty.
-  c.head.tie_embeddings = False  # vanilla + sasrec: the classifier kernel is the
-                              # encoder's item embedding table (one [C, d] matrix).
+  # vanilla / mhc (child_embedding='table', hidden = encoder.embed_dim) +
+  # sasrec: the classifier kernel (MHC: the last level's label vectors) is the
+  # encoder's item embedding table (one [C, d] matrix).
+  c.head.tie_embeddings = False
   # vanilla / mhs classifier bias at init: 'zeros', or 'prior' (the training
   # label frequencies: logit(p_l) for BCE, log(p_l) for a softmax), which
   # keeps a C-way BCE's first steps from pushing every logit down at once.

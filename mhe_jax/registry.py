@@ -370,10 +370,21 @@ def build_model(config: ml_collections.ConfigDict, data: Dataset,
   head = lookup({**HEADS, **MODELS}, config.head.type, "head")(
       config.head, encoder.out_features, data, rngs, mesh)
   if config.head.tie_embeddings:
-    if config.head.type != "vanilla" or not hasattr(encoder, "tie"):
-      raise ValueError("config.head.tie_embeddings needs head.type='vanilla' "
-                       "and an encoder with an item table (sasrec), got "
-                       f"{config.head.type!r} and {config.encoder.type!r}")
+    tieable = (config.head.type == "vanilla" or (
+        config.head.type == "mhc" and config.head.child_embedding == "table"))
+    if not tieable or not hasattr(encoder, "tie"):
+      raise ValueError(
+          "config.head.tie_embeddings needs head.type='vanilla' (or 'mhc' "
+          "with head.child_embedding='table') and an encoder with an item "
+          f"table (sasrec), got head {config.head.type!r} (child_embedding="
+          f"{config.head.child_embedding!r}) and encoder "
+          f"{config.encoder.type!r}")
+    if (config.head.type == "mhc" and
+        config.head.hidden != config.encoder.embed_dim):
+      raise ValueError(
+          "config.head.tie_embeddings with head.type='mhc' needs head.hidden "
+          f"= encoder.embed_dim (the leaf vectors are the item table), got "
+          f"{config.head.hidden} and {config.encoder.embed_dim}")
     encoder.tie(head)
   return Classifier(encoder, head, data.input_keys,
                     max_rows=config.data.train_rows)

@@ -164,6 +164,44 @@ def test_tied_embeddings_read_the_head_kernel():
       + np.asarray(g["encoder"]["item_embedding"][...]).T, atol=1e-6)
 
 
+def test_tied_mhc_leaf_vectors_are_the_item_table():
+  c, d = 12, 8
+  perm = np.random.default_rng(3).permutation(c)
+  codec = LabelCodec((4, 3), c, permutation=perm)
+  enc = SASRecEncoder(c, 4, d, num_blocks=1, rngs=nnx.Rngs(0))
+  head = heads.MHCHead(d, codec, beam=4, hidden=d, child_embedding="table",
+                       rngs=nnx.Rngs(1))
+  table_cd = np.asarray(enc.item_embedding[...])
+  untied = Classifier(nnx.clone(enc), nnx.clone(head), ("items",))
+  leaf = np.asarray(untied.head.child_table[-1][...]).copy()
+  leaf[perm] = table_cd  # label y's leaf row is its code perm[y]
+  untied.head.child_table[-1][...] = jnp.asarray(leaf)
+  enc.tie(head)
+  np.testing.assert_array_equal(np.asarray(enc.item_table()), table_cd)
+  np.testing.assert_array_equal(np.asarray(head.child_table[-1][...]), leaf)
+  model = Classifier(enc, head, ("items",))
+  shapes = [x.shape for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+  assert shapes.count((c, d)) == 1  # the leaf table alone (4 * 3 rows)
+  batch = {"items": jnp.array([[1, 2, 3, 4], [-1, 5, 6, 0]]),
+           "labels": jnp.array([[2, 3, 4, 5], [-1, 6, 0, 9]]),
+           "mask": jnp.array([True, True])}
+  loss = lambda m: m.loss(batch, train=False)
+  np.testing.assert_allclose(float(loss(model)), float(loss(untied)),
+                             rtol=1e-6)
+  grad = nnx.jit(nnx.grad(loss))
+  (g_tied,) = [x for x in jax.tree.leaves(grad(model)) if x.shape == (c, d)]
+  g = grad(untied)
+  want = np.asarray(g["head"]["child_table"][0][...]).copy()
+  want[perm] += np.asarray(g["encoder"]["item_embedding"][...])
+  np.testing.assert_allclose(np.asarray(g_tied), want, atol=1e-6)
+  gated = heads.MHCHead(d, codec, beam=4, hidden=d, rngs=nnx.Rngs(1))
+  with pytest.raises(ValueError, match="child_embedding='table'"):
+    SASRecEncoder(c, 4, d, num_blocks=0, rngs=nnx.Rngs(0)).tie(gated)
+  with pytest.raises(ValueError, match="cannot tie"):
+    SASRecEncoder(c, 4, d, num_blocks=0, rngs=nnx.Rngs(0)).tie(
+        heads.MHPHead(d, codec, rngs=nnx.Rngs(1)))
+
+
 # ------------------------------------------------------- per-position heads
 def _heads(d, c):
   codec = LabelCodec.balanced(c, 2)
@@ -388,6 +426,8 @@ def sequence_config(root, head, **overrides):
 @pytest.mark.parametrize("head,overrides", [
     ("vanilla", {}), ("vanilla", {"head.tie_embeddings": True}), ("mhp", {}),
     ("mhc", {"head.label_order": "clustered"}), ("mhs", {}),
+    ("mhc", {"head.label_order": "clustered", "head.child_embedding": "table",
+             "head.hidden": 32, "head.tie_embeddings": True}),
     # Two batch shards of 16 users, each compacted to 80 of its 96 rows.
     ("vanilla", {"data.train_rows": 160, "mesh.shape": (2, 4),
                  "mesh.rules": (("batch", "data"),) + tuple(
@@ -407,10 +447,16 @@ def test_trainer_learns_next_item(tmp_path, head, overrides):
   assert results["sampled/HR@1"] > 0.9, results
 
 
-def test_a_sequence_workdir_loads_and_predicts_like_the_trainer(tmp_path):
+@pytest.mark.parametrize("head,overrides", [
+    ("mhp", {}),
+    ("mhc", {"head.child_embedding": "table", "head.hidden": 32,
+             "head.tie_embeddings": True})])
+def test_a_sequence_workdir_loads_and_predicts_like_the_trainer(
+    tmp_path, head, overrides):
   write_log(tmp_path)
-  config = sequence_config(tmp_path, "mhp", **{"eval.exclude_history": False,
-                                               "eval.num_negatives": 0})
+  config = sequence_config(tmp_path, head, **{"eval.exclude_history": False,
+                                              "eval.num_negatives": 0,
+                                              **overrides})
   results = train.train_and_evaluate(config, tmp_path / "wd")
   import mhe_jax  # pylint: disable=g-import-not-at-top
   predictor = mhe_jax.load(tmp_path / "wd")
@@ -467,9 +513,14 @@ def test_train_rows_bound_is_checked_per_batch(tmp_path):
 
 def test_tie_embeddings_needs_vanilla_and_sasrec(tmp_path):
   write_log(tmp_path)
-  config = sequence_config(tmp_path, "mhp", **{"head.tie_embeddings": True})
-  with pytest.raises(ValueError, match="tie_embeddings needs head.type='vanilla'"):
-    train.Trainer(config, tmp_path / "wd")
+  for head, overrides in (("mhp", {}), ("mhc", {}),
+                          ("mhc", {"head.child_embedding": "table"})):
+    config = sequence_config(tmp_path, head, **{"head.tie_embeddings": True,
+                                                **overrides})
+    match = ("needs head.hidden = encoder.embed_dim" if overrides else
+             "tie_embeddings needs head.type='vanilla'")
+    with pytest.raises(ValueError, match=match):
+      train.Trainer(config, tmp_path / "wd")
 
 
 def test_amazon_beauty_config_arguments():

@@ -299,6 +299,28 @@ class MHCHead(nnx.Module):
                             preferred_element_type=acc)
     return (logits_bwr + out.bias[...].astype(acc)).astype(jnp.float32)
 
+  def _leaf_rows(self) -> jax.Array:
+    """int32 ``[C]``: label ``y``'s row of the last level's child table
+    (its code: the last level's child ``p * r_H + d_H`` is the code)."""
+    if self.child_embedding != "table":
+      raise ValueError("label embeddings need child_embedding='table' (a "
+                       f"vector per label), got {self.child_embedding!r}")
+    return self.codec.to_codes(jnp.arange(self.num_classes, dtype=jnp.int32))
+
+  def label_embeddings(self) -> jax.Array:
+    """``[C, hidden]``: each label's last-level child vector ``t_H``, in
+    label order (its last-level logit is ``<P_H x, t_H> + c_H``); what a
+    tied encoder reads as its item table. child_embedding='table' only."""
+    rows_c = self._leaf_rows()
+    return _lookup(self.child_table[-1][...], rows_c)
+
+  def set_label_embeddings(self, table_ck: ArrayLike) -> None:
+    """Writes ``[C, hidden]`` label vectors into the last level's table."""
+    rows_c = self._leaf_rows()
+    table = self.child_table[-1][...]
+    self.child_table[-1][...] = table.at[rows_c].set(
+        jnp.asarray(table_ck, table.dtype))
+
   def _compute(self, *arrays: jax.Array) -> tuple[jax.Array, ...]:
     """The arrays in the head's compute dtype (unchanged when None)."""
     if self.dtype is None:

@@ -26,12 +26,14 @@ components of unit scale after the ``sqrt(d)`` factor); SASRec's
 reimplementations draw both with std 0.02.
 
 Tied embeddings (:meth:`SASRecEncoder.tie`): the encoder reads its item table
-from a :class:`~mhe_jax.nn.vanilla.VanillaHead`'s kernel ``[d, C]`` instead
-of a table of its own, so the score of item ``c`` is ``<x, E[c]> + b_c``
-(the original SASRec scores with the input embeddings). The shared table
-starts from the encoder's draw (copied into the kernel's ``C`` columns).
-Needs the head's classes unsharded (a class-sharded kernel would be gathered
-per lookup).
+from the head's label vectors instead of a table of its own: a
+:class:`~mhe_jax.nn.vanilla.VanillaHead`'s kernel ``[d, C]`` (the score of
+item ``c`` is ``<x, E[c]> + b_c``, as the original SASRec scores with the
+input embeddings), or a :class:`~mhe_jax.nn.mhc.MHCHead`'s last-level child
+vectors (``child_embedding='table'``, ``hidden = d``: item ``c``'s leaf
+logit is ``<P x, E[c]> + c_c``). The shared table starts from the encoder's
+draw (copied into the head). Needs the head's classes unsharded (a
+class-sharded kernel would be gathered per lookup).
 
 Logical axis names: the item table ``('vocab', 'embed')``, positions
 ``(None, 'embed')``, attention projections ``('embed', 'mlp')`` /
@@ -203,21 +205,26 @@ class SASRecEncoder(nnx.Module):
     self.tied_head = nnx.data(None)
 
   def tie(self, head: nnx.Module) -> None:
-    """Reads the item table from ``head.kernel`` ``[d, >= C]`` from now on.
+    """Reads the item table from ``head.label_embeddings()`` from now on.
 
-    The encoder's table is copied into the kernel's first ``C`` columns
-    (the shared table starts from the encoder's init) and deleted; ``head``
-    stays the one owner of the shared weights (the model's state holds them
-    once).
+    ``head`` has ``label_embeddings() -> [C, d]`` and
+    ``set_label_embeddings``: a vanilla head, or an MHC head with
+    ``child_embedding='table'`` and ``hidden = d``. The encoder's table is
+    copied into the head (the shared table starts from the encoder's init)
+    and deleted; ``head`` stays the one owner of the shared weights (the
+    model's state holds them once).
     """
-    kernel = head.kernel
-    if kernel.shape[0] != self.out_features or kernel.shape[1] < self.num_items:
-      raise ValueError(f"cannot tie a [{self.out_features}, {self.num_items}] "
-                       f"item table to a head kernel of shape {kernel.shape}")
+    if not hasattr(head, "label_embeddings"):
+      raise ValueError(f"cannot tie the item table to a {type(head).__name__}"
+                       ": it has no label vectors (label_embeddings)")
     if self.item_embedding is None:
       raise ValueError("this encoder's item table is tied already")
-    table_dc = self.item_embedding[...].T.astype(kernel[...].dtype)
-    kernel[...] = kernel[...].at[:, :self.num_items].set(table_dc)
+    shape = tuple(head.label_embeddings().shape)
+    if shape != (self.num_items, self.out_features):
+      raise ValueError(f"cannot tie a [{self.num_items}, {self.out_features}]"
+                       f" item table to the {type(head).__name__}'s label "
+                       f"vectors of shape {shape}")
+    head.set_label_embeddings(self.item_embedding[...])
     self.item_embedding = nnx.data(None)
     self.tied_head = nnx.data(head)
 
@@ -225,7 +232,7 @@ class SASRecEncoder(nnx.Module):
     """float32 ``[C, d]``: the item embeddings (the head's, when tied)."""
     if self.tied_head is None:
       return self.item_embedding[...]
-    return self.tied_head.kernel[...][:, :self.num_items].T
+    return self.tied_head.label_embeddings()
 
   def __call__(self, items: ArrayLike, *, train: bool = False) -> jax.Array:
     """Encodes left-padded item sequences.

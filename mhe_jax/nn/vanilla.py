@@ -189,6 +189,17 @@ class VanillaHead(nnx.Module):
                             eager_sharding=False)
     self.bias = nnx.Param(bias_c, out_sharding=BIAS_AXES, eager_sharding=False)
 
+  def label_embeddings(self) -> jax.Array:
+    """``[C, in_features]``: label ``c``'s kernel column (its score is
+    ``<x, row c> + b_c``); what a tied encoder reads as its item table."""
+    return self.kernel[...][:, :self.num_classes].T
+
+  def set_label_embeddings(self, table_cd: ArrayLike) -> None:
+    """Writes ``[C, in_features]`` rows into the kernel's ``C`` columns."""
+    kernel = self.kernel[...]
+    self.kernel[...] = kernel.at[:, :self.num_classes].set(
+        jnp.asarray(table_cd, kernel.dtype).T)
+
   def _op_kwargs(self) -> dict[str, Any]:
     return dict(chunk_size=self.chunk_size, num_classes=self.num_classes,
                 mesh=self.mesh, class_axis=self.class_axis,
