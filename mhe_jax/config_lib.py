@@ -95,6 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
   # sasrec: std of the item / position tables at init (the tied classifier
   # kernel starts from the item table); 0 -> 1/sqrt(embed_dim).
   c.encoder.init_std = 0.0
+  # sasrec: 'pre_ln' blocks, or 'sasrec' (the original SASRec block: normalised
+  # queries, residuals add the normalised input, dropout on the attention
+  # weights; mhe_jax.nn.sequence.SelfAttentionBlock).
+  c.encoder.block_layout = "pre_ln"
+  # sasrec: std of a normal init of the blocks' projection kernels; 0 ->
+  # lecun-normal (he-normal for the feed-forward input).
+  c.encoder.dense_init_std = 0.0
 
   c.head = ml_collections.ConfigDict()
   c.head.type = "mhp"         # Head: see mhe_jax.registry.HEADS.

@@ -92,7 +92,9 @@ def _sasrec(cfg, data: Dataset, rngs):
       data.input_size, data.train.max_len, cfg.embed_dim,
       num_blocks=cfg.num_blocks, num_heads=cfg.num_attention_heads,
       ffn_dim=cfg.ffn_dim or None, dropout=cfg.dropout,
-      init_std=cfg.get("init_std") or None, rngs=rngs)
+      init_std=cfg.get("init_std") or None,
+      layout=cfg.get("block_layout", "pre_ln"),
+      dense_init_std=cfg.get("dense_init_std") or None, rngs=rngs)
 
 
 ENCODERS = {"sparse_mlp": _sparse_mlp, "token_context": _token_context,

@@ -147,6 +147,8 @@ KEY_EFFECTS: dict[str, bool] = {
     "encoder.num_attention_heads": CHANGES_STATE,
     "encoder.ffn_dim": CHANGES_STATE,
     "encoder.init_std": CHANGES_STATE,
+    "encoder.block_layout": CHANGES_STATE,
+    "encoder.dense_init_std": CHANGES_STATE,
     # The head: type, sizes, radices, label order, losses, shortlists.
     "head.type": CHANGES_STATE,
     "head.num_heads": CHANGES_STATE,

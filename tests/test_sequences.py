@@ -135,6 +135,96 @@ def test_init_std_sets_the_item_and_position_tables():
     SASRecEncoder(10, 4, 8, init_std=0.0, rngs=nnx.Rngs(0))
 
 
+def _np_layer_norm(x, ln):
+  mean = x.mean(-1, keepdims=True)
+  var = x.var(-1, keepdims=True)
+  return ((x - mean) / np.sqrt(var + ln.epsilon) * np.asarray(ln.scale[...])
+          + np.asarray(ln.bias[...]))
+
+
+def _np_block(blk, x, valid, layout):
+  """One block in numpy, written from the two layouts' formulas."""
+  w = np.asarray(blk.qkv.kernel[...])
+  bias = np.asarray(blk.qkv.bias[...])
+  d = x.shape[-1]
+  h = blk.num_heads
+
+  def attend(q_in, kv_in):
+    q = (q_in @ w[:, :d] + bias[:d]).reshape(*q_in.shape[:2], h, d // h)
+    k = (kv_in @ w[:, d:2 * d] + bias[d:2 * d]).reshape(q.shape)
+    v = (kv_in @ w[:, 2 * d:] + bias[2 * d:]).reshape(q.shape)
+    att = np.asarray(causal_attention(q, k, v, valid)).reshape(x.shape)
+    return att @ np.asarray(blk.out.kernel[...]) + np.asarray(blk.out.bias[...])
+
+  def ffn(y):
+    hid = np.maximum(y @ np.asarray(blk.ffn_in.kernel[...])
+                     + np.asarray(blk.ffn_in.bias[...]), 0.)
+    return (hid @ np.asarray(blk.ffn_out.kernel[...])
+            + np.asarray(blk.ffn_out.bias[...]))
+
+  if layout == "sasrec":
+    q = _np_layer_norm(x, blk.norm1)
+    x = q + attend(q, x)
+    y = _np_layer_norm(x, blk.norm2)
+    return y + ffn(y)
+  y = _np_layer_norm(x, blk.norm1)
+  x = x + attend(y, y)
+  return x + ffn(_np_layer_norm(x, blk.norm2))
+
+
+@pytest.mark.parametrize("layout", ["pre_ln", "sasrec"])
+def test_block_layouts_match_numpy(layout):
+  enc = SASRecEncoder(30, 6, 8, num_blocks=1, num_heads=2, dropout=0.3,
+                      layout=layout, rngs=nnx.Rngs(2))
+  blk = enc.blocks[0]
+  rng = np.random.default_rng(0)
+  for ln in (blk.norm1, blk.norm2):  # non-trivial LayerNorm parameters
+    ln.scale[...] = jnp.asarray(rng.uniform(0.5, 1.5, 8), jnp.float32)
+    ln.bias[...] = jnp.asarray(rng.normal(size=8), jnp.float32)
+  x = rng.normal(size=(2, 6, 8)).astype(np.float32)
+  valid = np.array([[False, True, True, True, True, True], [True] * 6])
+  got = np.asarray(nnx.jit(lambda b, x, v: b(x, v))(blk, x, valid))
+  np.testing.assert_allclose(got, _np_block(blk, x, valid, layout), atol=1e-4)
+  # The two layouts differ on the same weights.
+  other = "pre_ln" if layout == "sasrec" else "sasrec"
+  assert np.abs(got - _np_block(blk, x, valid, other)).max() > 1e-2
+  # Training mode applies dropout.
+  out = nnx.jit(lambda b, x, v: b(x, v, train=True))(blk, x, valid)
+  assert np.abs(np.asarray(out) - got).max() > 1e-3
+
+
+def test_sasrec_attention_weight_dropout():
+  # A rate-0.5 dropout on the weights of a one-key query zeroes or doubles
+  # its output; without dropout it is exactly v.
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(64, 1, 1, 4)).astype(np.float32)
+             for _ in range(3))
+  drop = nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+  out = np.asarray(causal_attention(
+      q, k, v, np.ones((64, 1), bool),
+      weight_dropout=lambda w: drop(w, deterministic=False)))
+  scale = out[:, 0, 0, 0] / v[:, 0, 0, 0]
+  np.testing.assert_allclose(out, v * scale[:, None, None, None], rtol=1e-5)
+  assert set(np.round(scale, 4)) == {0.0, 2.0}
+
+
+def test_dense_init_std_and_bad_layout():
+  enc = SASRecEncoder(10, 4, 64, num_blocks=2, dense_init_std=0.02,
+                      rngs=nnx.Rngs(0))
+  kernels = np.concatenate([np.asarray(getattr(b, n).kernel[...]).ravel()
+                            for b in enc.blocks
+                            for n in ("qkv", "out", "ffn_in", "ffn_out")])
+  assert abs(kernels.std() / 0.02 - 1) < 0.02, kernels.std()
+  default = SASRecEncoder(10, 4, 64, num_blocks=1, rngs=nnx.Rngs(0))
+  # lecun-normal: std 1/sqrt(64) = 0.125.
+  assert abs(np.asarray(default.blocks[0].qkv.kernel[...]).std() / 0.125
+             - 1) < 0.05
+  with pytest.raises(ValueError, match="layout='post'"):
+    SASRecEncoder(10, 4, 8, layout="post", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="dense_init_std"):
+    SASRecEncoder(10, 4, 8, dense_init_std=-1.0, rngs=nnx.Rngs(0))
+
+
 def test_tied_embeddings_read_the_head_kernel():
   rngs = nnx.Rngs(0)
   enc = SASRecEncoder(12, 4, 8, num_blocks=1, rngs=rngs)
@@ -425,6 +515,8 @@ def sequence_config(root, head, **overrides):
 
 @pytest.mark.parametrize("head,overrides", [
     ("vanilla", {}), ("vanilla", {"head.tie_embeddings": True}), ("mhp", {}),
+    ("vanilla", {"head.tie_embeddings": True, "encoder.block_layout": "sasrec",
+                 "encoder.dense_init_std": 0.02, "encoder.init_std": 0.02}),
     ("mhc", {"head.label_order": "clustered"}), ("mhs", {}),
     ("mhc", {"head.label_order": "clustered", "head.child_embedding": "table",
              "head.hidden": 32, "head.tie_embeddings": True}),

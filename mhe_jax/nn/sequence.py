@@ -9,7 +9,9 @@ Into Gold Loss: is BERT4Rec really better than SASRec?"):
   learned positions ``P [T, d]``), dropout, zero at padded positions;
 * ``num_blocks`` times: ``x = x + Dropout(MHA(LN(x)))`` (causal, padded keys
   masked), ``x = x + Dropout(FFN(LN(x)))`` with ``FFN = Linear(d, f) -> ReLU
-  -> Dropout -> Linear(f, d)``, padded positions zeroed after each block;
+  -> Dropout -> Linear(f, d)``, padded positions zeroed after each block
+  (``layout='sasrec'``: the original SASRec block instead, whose residuals
+  add the normalised input, see :class:`SelfAttentionBlock`);
 * a final LayerNorm.
 
 The output ``[B, T, d]`` has a feature vector per position: position ``t``
@@ -82,12 +84,14 @@ def _layer_norm(d: int, rngs, dtype) -> nnx.LayerNorm:
 
 
 def causal_attention(q_bthk: jax.Array, k_bthk: jax.Array, v_bthk: jax.Array,
-                     valid_bt: jax.Array) -> jax.Array:
+                     valid_bt: jax.Array, weight_dropout=None) -> jax.Array:
   """Scaled dot-product attention, query ``t`` over valid keys ``s <= t``.
 
   Args:
     q_bthk, k_bthk, v_bthk: ``[B, T, heads, d_head]``.
     valid_bt: bool ``[B, T]``, False at padded positions (masked as keys).
+    weight_dropout: None, or a callable applied to the attention weights
+      ``[B, heads, T, T]`` (dropout on the weights, training only).
 
   Returns:
     ``[B, T, heads, d_head]``; 0 for a query with no allowed key.
@@ -101,52 +105,101 @@ def causal_attention(q_bthk: jax.Array, k_bthk: jax.Array, v_bthk: jax.Array,
   logits_bhts = jnp.where(allowed_bhts, logits_bhts, -1e30)
   weights_bhts = jax.nn.softmax(logits_bhts, axis=-1)
   weights_bhts = jnp.where(allowed_bhts, weights_bhts, 0.)
+  if weight_dropout is not None:
+    weights_bhts = weight_dropout(weights_bhts)
   return jnp.einsum("bhts,bshk->bthk", weights_bhts.astype(v_bthk.dtype),
                     v_bthk)
 
 
+LAYOUTS = ("pre_ln", "sasrec")
+
+
 class SelfAttentionBlock(nnx.Module):
-  """Pre-LayerNorm causal self-attention + feed-forward block.
+  """Causal self-attention + feed-forward block, in one of two layouts.
+
+  ``layout='pre_ln'``: ``x = x + Dropout(MHA(LN(x)))``, then
+  ``x = x + Dropout(FFN(LN(x)))``.
+
+  ``layout='sasrec'``, the block of the original SASRec code (Kang &
+  McAuley; also the PyTorch port that SASRec+ builds on): the queries are
+  normalised, the keys and values are not, and each residual adds the
+  normalised input: ``q = LN(x)``, ``x = q + MHA(q, x, x)`` with dropout on
+  the attention weights, then ``y = LN(x)``, ``x = y + Dropout(FFN(y))``.
+
+  ``FFN = Linear(d, f) -> ReLU -> Dropout -> Linear(f, d)`` in both.
 
   Args:
     dim: d.
     num_heads: attention heads (divides d).
     ffn_dim: feed-forward inner width.
-    dropout: rate after attention, inside and after the feed-forward.
+    dropout: rate after attention (``sasrec``: on its weights), inside and
+      after the feed-forward.
+    layout: ``'pre_ln'`` or ``'sasrec'``.
+    dense_init_std: None (lecun-normal projections, he-normal FFN input), or
+      the std of a normal init of every projection kernel.
     dtype: computation dtype.
     rngs: ``params`` and, with dropout, ``dropout``.
   """
 
   def __init__(self, dim: int, num_heads: int, ffn_dim: int, *,
-               dropout: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+               dropout: float = 0.0, layout: str = "pre_ln",
+               dense_init_std: float | None = None, dtype=jnp.float32,
+               rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"num_heads={num_heads} does not divide the width "
                        f"{dim}")
+    if layout not in LAYOUTS:
+      raise ValueError(f"layout={layout!r}; known: {list(LAYOUTS)}")
+    if dense_init_std is None:
+      dense_init, relu_init = _DENSE_INIT, _RELU_INIT
+    else:
+      dense_init = relu_init = nnx.initializers.normal(dense_init_std)
     self.num_heads = num_heads
+    self.layout = layout
     self.norm1 = _layer_norm(dim, rngs, dtype)
-    self.qkv = _linear(dim, 3 * dim, ("embed", "mlp"), _DENSE_INIT, rngs, dtype)
-    self.out = _linear(dim, dim, ("mlp", "embed"), _DENSE_INIT, rngs, dtype)
+    self.qkv = _linear(dim, 3 * dim, ("embed", "mlp"), dense_init, rngs, dtype)
+    self.out = _linear(dim, dim, ("mlp", "embed"), dense_init, rngs, dtype)
     self.norm2 = _layer_norm(dim, rngs, dtype)
-    self.ffn_in = _linear(dim, ffn_dim, ("embed", "mlp"), _RELU_INIT, rngs,
+    self.ffn_in = _linear(dim, ffn_dim, ("embed", "mlp"), relu_init, rngs,
                           dtype)
-    self.ffn_out = _linear(ffn_dim, dim, ("mlp", "embed"), _DENSE_INIT, rngs,
+    self.ffn_out = _linear(ffn_dim, dim, ("mlp", "embed"), dense_init, rngs,
                            dtype)
     self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 
   def _drop(self, x, train):
     return x if self.dropout is None else self.dropout(x, deterministic=not train)
 
+  def _attend(self, q_btd, kv_btd, valid_bt, train):
+    b, t, d = q_btd.shape
+    h, dh = self.num_heads, d // self.num_heads
+    dtype = self.qkv.dtype or q_btd.dtype
+    q_btd, kv_btd = q_btd.astype(dtype), kv_btd.astype(dtype)
+    w_qkv = self.qkv.kernel[...].astype(dtype)
+    bias = self.qkv.bias[...].astype(dtype)
+    q = (q_btd @ w_qkv[:, :d] + bias[:d]).reshape(b, t, h, dh)
+    kv = (kv_btd @ w_qkv[:, d:] + bias[d:]).reshape(b, t, 2, h, dh)
+    drop = None
+    if self.layout == "sasrec" and self.dropout is not None and train:
+      drop = lambda w: self.dropout(w, deterministic=False)  # pylint: disable=unnecessary-lambda-assignment
+    att_bthk = causal_attention(q, kv[:, :, 0], kv[:, :, 1], valid_bt,
+                                weight_dropout=drop)
+    return self.out(att_bthk.reshape(b, t, d))
+
   def __call__(self, x_btd: jax.Array, valid_bt: jax.Array, *,
                train: bool = False) -> jax.Array:
     """``[B, T, d] -> [B, T, d]``."""
-    b, t, d = x_btd.shape
-    qkv = self.qkv(self.norm1(x_btd)).reshape(b, t, 3, self.num_heads,
-                                             d // self.num_heads)
-    att_bthk = causal_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2],
-                                valid_bt)
-    x_btd = x_btd + self._drop(self.out(att_bthk.reshape(b, t, d)), train)
-    h_btf = self._drop(jax.nn.relu(self.ffn_in(self.norm2(x_btd))), train)
-    return x_btd + self._drop(self.ffn_out(h_btf), train)
+    if self.layout == "sasrec":
+      q_btd = self.norm1(x_btd)
+      x_btd = q_btd + self._attend(q_btd, x_btd, valid_bt, train)
+      y_btd = self.norm2(x_btd)
+    else:
+      y_btd = self.norm1(x_btd)
+      x_btd = x_btd + self._drop(self._attend(y_btd, y_btd, valid_bt, train),
+                                 train)
+      y_btd = self.norm2(x_btd)
+    h_btf = self._drop(jax.nn.relu(self.ffn_in(y_btd)), train)
+    resid_btd = y_btd if self.layout == "sasrec" else x_btd
+    return resid_btd + self._drop(self.ffn_out(h_btf), train)
 
 
 class SASRecEncoder(nnx.Module):
@@ -162,6 +215,10 @@ class SASRecEncoder(nnx.Module):
     dropout: dropout rate (embeddings, attention output, feed-forward).
     init_std: std of the item and position tables at init; None:
       ``1/sqrt(embed_dim)``.
+    layout: the blocks' layout, ``'pre_ln'`` or ``'sasrec'``
+      (:class:`SelfAttentionBlock`).
+    dense_init_std: None, or the std of a normal init of the blocks'
+      projection kernels (:class:`SelfAttentionBlock`).
     dtype: computation dtype (parameters stay float32).
     rngs: ``params`` and, with dropout, ``dropout``.
 
@@ -173,10 +230,16 @@ class SASRecEncoder(nnx.Module):
   def __init__(self, num_items: int, max_len: int, embed_dim: int, *,
                num_blocks: int = 2, num_heads: int = 1,
                ffn_dim: int | None = None, dropout: float = 0.0,
-               init_std: float | None = None, dtype=jnp.float32,
+               init_std: float | None = None, layout: str = "pre_ln",
+               dense_init_std: float | None = None, dtype=jnp.float32,
                rngs: nnx.Rngs):
     if init_std is not None and not init_std > 0:
       raise ValueError(f"init_std must be > 0 (or None), got {init_std}")
+    if dense_init_std is not None and not dense_init_std > 0:
+      raise ValueError("dense_init_std must be > 0 (or None), got "
+                       f"{dense_init_std}")
+    if layout not in LAYOUTS:
+      raise ValueError(f"layout={layout!r}; known: {list(LAYOUTS)}")
     if num_items < 1 or max_len < 1 or embed_dim < 1 or num_heads < 1:
       raise ValueError("num_items, max_len, embed_dim and num_heads must be "
                        f">= 1, got {num_items}, {max_len}, {embed_dim}, "
@@ -199,7 +262,9 @@ class SASRecEncoder(nnx.Module):
     ffn = int(ffn_dim or embed_dim)
     self.blocks = nnx.List([
         SelfAttentionBlock(embed_dim, num_heads, ffn, dropout=dropout,
-                           dtype=dtype, rngs=rngs) for _ in range(num_blocks)])
+                           layout=layout, dense_init_std=dense_init_std,
+                           dtype=dtype, rngs=rngs)
+        for _ in range(num_blocks)])
     self.final_norm = _layer_norm(embed_dim, rngs, dtype)
     self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
     self.tied_head = nnx.data(None)
