@@ -618,11 +618,12 @@ def test_tie_embeddings_needs_vanilla_and_sasrec(tmp_path):
 def test_amazon_beauty_config_arguments():
   from test_configs import CONFIG_DIR, load_module  # pylint: disable=g-import-not-at-top
   module = load_module(CONFIG_DIR / "amazon_beauty.py")
-  best = module.get_config()  # the validated MHC: clustered items, 6000 steps
+  best = module.get_config()  # the validated MHC: clustered items, 4000 steps
   assert best.head.type == "mhc" and best.head.label_order == "clustered"
+  assert best.encoder.block_layout == "sasrec"
   assert best.to_dict() == {**module.get_config("head=mhc").to_dict(),
                             "name": "amazon_beauty_best",
-                            "num_train_steps": 6000}
+                            "num_train_steps": 4000}
   assert module.get_config("head=vanilla").head.type == "vanilla"
   both = module.get_config("head=mhc,runlocal")
   assert both.head.type == "mhc" and both.name == "amazon_beauty_mhc"
