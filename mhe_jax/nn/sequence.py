@@ -191,14 +191,13 @@ class SelfAttentionBlock(nnx.Module):
     if self.layout == "sasrec":
       q_btd = self.norm1(x_btd)
       x_btd = q_btd + self._attend(q_btd, x_btd, valid_bt, train)
-      y_btd = self.norm2(x_btd)
+      resid_btd = y_btd = self.norm2(x_btd)
     else:
       y_btd = self.norm1(x_btd)
-      x_btd = x_btd + self._drop(self._attend(y_btd, y_btd, valid_bt, train),
-                                 train)
-      y_btd = self.norm2(x_btd)
+      resid_btd = x_btd + self._drop(
+          self._attend(y_btd, y_btd, valid_bt, train), train)
+      y_btd = self.norm2(resid_btd)
     h_btf = self._drop(jax.nn.relu(self.ffn_in(y_btd)), train)
-    resid_btd = y_btd if self.layout == "sasrec" else x_btd
     return resid_btd + self._drop(self.ffn_out(h_btf), train)
 
 
