@@ -132,7 +132,8 @@ def balanced_kmeans(x: np.ndarray, sizes: Sequence[int], *, seed: int = 0,
 
 def balanced_clustering_permutation(centroids: np.ndarray,
                                     codec: LabelCodec, *, seed: int = 0,
-                                    iters: int = 10) -> np.ndarray:
+                                    iters: int = 10,
+                                    max_centres: int = 4096) -> np.ndarray:
   """A label -> code permutation grouping similar labels under shared digits.
 
   See the module docstring for the algorithm. Group sizes match the codec
@@ -145,6 +146,11 @@ def balanced_clustering_permutation(centroids: np.ndarray,
     codec: gives C and the radices (its own permutation is ignored).
     seed: seeds every k-means++ initialisation (deterministic given it).
     iters: k-means rounds per node.
+    max_centres: a node that would need more k-means centres (blocks of its
+      digit) is first split into about ``sqrt(m)`` super-blocks of whole
+      blocks, each then split as usual; k-means++ seeding and the
+      capacitated assignment cost ``O(n m)`` time and memory per node, so
+      this keeps e.g. 13,636 groups of 4 items tractable.
 
   Returns:
     int32 ``[C]`` permutation, ``perm[label] = code``, for
@@ -170,13 +176,18 @@ def balanced_clustering_permutation(centroids: np.ndarray,
       continue
     s = strides[level]
     m = -(-n // s)
+    if m > max_centres:  # super-blocks of q whole blocks, same level next
+      q = math.isqrt(m - 1) + 1  # ceil(sqrt(m))
+      s, m, child_level = q * s, -(-m // q), level
+    else:
+      child_level = level + 1
     sizes = np.full(m, s)
     sizes[-1] = n - s * (m - 1)
     assign = balanced_kmeans(centroids[labels], sizes, seed=seed + node,
                              iters=iters)
     node += 1
     for j in range(m):
-      stack.append((labels[assign == j], first + j * s, level + 1))
+      stack.append((labels[assign == j], first + j * s, child_level))
   return perm.astype(np.int32)
 
 

@@ -372,12 +372,12 @@ def build_model(config: ml_collections.ConfigDict, data: Dataset,
   head = lookup({**HEADS, **MODELS}, config.head.type, "head")(
       config.head, encoder.out_features, data, rngs, mesh)
   if config.head.tie_embeddings:
-    tieable = (config.head.type == "vanilla" or (
+    tieable = (config.head.type in ("vanilla", "mhs") or (
         config.head.type == "mhc" and config.head.child_embedding == "table"))
     if not tieable or not hasattr(encoder, "tie"):
       raise ValueError(
-          "config.head.tie_embeddings needs head.type='vanilla' (or 'mhc' "
-          "with head.child_embedding='table') and an encoder with an item "
+          "config.head.tie_embeddings needs head.type='vanilla' or 'mhs' (or "
+          "'mhc' with head.child_embedding='table') and an encoder with an item "
           f"table (sasrec), got head {config.head.type!r} (child_embedding="
           f"{config.head.child_embedding!r}) and encoder "
           f"{config.encoder.type!r}")

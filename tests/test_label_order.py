@@ -185,6 +185,35 @@ def test_clustering_recovers_nested_clusters_at_every_level():
     assert len(set(zip(sup[prefix2 == p], sub[prefix2 == p]))) == 1
 
 
+def test_clustering_with_too_many_centres_splits_in_super_blocks():
+  # 3 super-clusters of 4 sub-clusters of 2 labels, under a flat codec of
+  # 12 groups of 2: with max_centres=4 the 12 centres are split as 3 super-
+  # blocks of 4 groups first; every group is still one sub-cluster.
+  rng = np.random.default_rng(1)
+  sup, sub = np.meshgrid(np.arange(3), np.arange(4), indexing="ij")
+  sup, sub = np.repeat(sup.ravel(), 2), np.repeat(sub.ravel(), 2)
+  x = np.zeros((24, 15))
+  x[np.arange(24), sup] = 10.0
+  x[np.arange(24), 3 + sup * 4 + sub] = 3.0
+  x += 0.05 * rng.normal(size=x.shape)
+  order = rng.permutation(24)
+  x, sup, sub = x[order], sup[order], sub[order]
+  perm = label_order.balanced_clustering_permutation(
+      x, LabelCodec((12, 2), 24), seed=1, max_centres=4)
+  np.testing.assert_array_equal(np.sort(perm), np.arange(24))
+  group = perm // 2
+  for g in range(12):
+    assert len(set(zip(sup[group == g], sub[group == g]))) == 1
+  for b in range(3):  # super-block b holds the codes [8 b, 8 b + 8)
+    assert len(set(sup[perm // 8 == b])) == 1
+  # A tail group (23 labels) and a deeper split (max_centres=2) stay exact.
+  codec = LabelCodec((12, 2), 23)
+  perm = label_order.balanced_clustering_permutation(x[:23], codec, seed=0,
+                                                     max_centres=2)
+  np.testing.assert_array_equal(np.sort(perm), np.arange(23))
+  codec.with_permutation(perm)
+
+
 @pytest.mark.parametrize("radices,c", [((7, 6), 40), ((5, 4, 3), 53), ((9,), 9)])
 def test_clustering_group_sizes_match_the_codec_and_is_deterministic(radices, c):
   x = np.random.default_rng(c).normal(size=(c, 5))

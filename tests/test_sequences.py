@@ -292,6 +292,40 @@ def test_tied_mhc_leaf_vectors_are_the_item_table():
         heads.MHPHead(d, codec, rngs=nnx.Rngs(1)))
 
 
+def test_tied_mhs_kernel_columns_are_the_item_table():
+  c, d = 11, 8  # 4 groups of 3 codes: code 11 is padding
+  perm = np.random.default_rng(5).permutation(c)
+  codec = LabelCodec((4, 3), c, permutation=perm)
+  enc = SASRecEncoder(c, 4, d, num_blocks=1, rngs=nnx.Rngs(0))
+  head = heads.MHSHead(d, codec, num_sampled_groups=2, rngs=nnx.Rngs(1))
+  table_cd = np.asarray(enc.item_embedding[...])
+  untied = Classifier(nnx.clone(enc), nnx.clone(head), ("items",))
+  kernel = np.asarray(untied.head.kernel[...]).copy()
+  kernel[:, perm] = table_cd.T  # label y's column is its code perm[y]
+  untied.head.kernel[...] = jnp.asarray(kernel)
+  enc.tie(head)
+  np.testing.assert_array_equal(np.asarray(enc.item_table()), table_cd)
+  np.testing.assert_array_equal(np.asarray(head.kernel[...]), kernel)
+  model = Classifier(enc, head, ("items",))
+  shapes = [x.shape for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+  assert shapes.count((d, 12)) == 1 and (c, d) not in shapes  # stored once
+  batch = {"items": jnp.array([[1, 2, 3, 4], [-1, 5, 6, 0]]),
+           "labels": jnp.array([[2, 3, 4, 5], [-1, 6, 0, 10]]),
+           "mask": jnp.array([True, True])}
+  rng = jax.random.key(7)
+  # The sampled training loss and the exact one agree with the untied twin.
+  for key in (rng, None):
+    loss = lambda m, key=key: m.loss(batch, train=False, rng=key)
+    np.testing.assert_allclose(float(loss(model)), float(loss(untied)),
+                               rtol=1e-6)
+  grad = nnx.jit(nnx.grad(lambda m: m.loss(batch, train=False, rng=rng)))
+  (g_tied,) = [x for x in jax.tree.leaves(grad(model)) if x.shape == (d, 12)]
+  g = grad(untied)
+  want = np.asarray(g["head"]["kernel"][...]).copy()
+  want[:, perm] += np.asarray(g["encoder"]["item_embedding"][...]).T
+  np.testing.assert_allclose(np.asarray(g_tied), want, atol=1e-6)
+
+
 # ------------------------------------------------------- per-position heads
 def _heads(d, c):
   codec = LabelCodec.balanced(c, 2)
@@ -518,6 +552,7 @@ def sequence_config(root, head, **overrides):
     ("vanilla", {"head.tie_embeddings": True, "encoder.block_layout": "sasrec",
                  "encoder.dense_init_std": 0.02, "encoder.init_std": 0.02}),
     ("mhc", {"head.label_order": "clustered"}), ("mhs", {}),
+    ("mhs", {"head.label_order": "clustered", "head.tie_embeddings": True}),
     ("mhc", {"head.label_order": "clustered", "head.child_embedding": "table",
              "head.hidden": 32, "head.tie_embeddings": True}),
     # Two batch shards of 16 users, each compacted to 80 of its 96 rows.

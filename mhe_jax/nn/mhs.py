@@ -198,6 +198,23 @@ class MHSHead(nnx.Module):
     self.bias = head_utils.param(bias_by_code, rngs, (padded,), ("classes",),
                                  param_dtype)
 
+  def _label_columns(self) -> jax.Array:
+    """int32 ``[C]``: label ``y``'s kernel column (its code)."""
+    return self.codec.to_codes(jnp.arange(self.num_classes, dtype=jnp.int32))
+
+  def label_embeddings(self) -> jax.Array:
+    """``[C, in_features]``: label ``y``'s kernel column (its logit is
+    ``<x, row y> + b_y``), in label order; what a tied encoder reads as its
+    item table."""
+    return jnp.take(self.kernel[...], self._label_columns(), axis=1).T
+
+  def set_label_embeddings(self, table_cd: ArrayLike) -> None:
+    """Writes ``[C, in_features]`` label vectors into the kernel columns of
+    their codes (the padding columns are left as they are)."""
+    kernel = self.kernel[...]
+    self.kernel[...] = kernel.at[:, self._label_columns()].set(
+        jnp.asarray(table_cd, kernel.dtype).T)
+
   def num_sampled(self, labels_shape: tuple[int, ...]) -> int:
     """S, the static number of groups sampled for labels of this shape."""
     slots = math.prod(labels_shape)
