@@ -69,13 +69,18 @@ def get_config(arg: str | None = None):
   config.encoder.dense_init_std = 0.02
   config.encoder.init_std = 0.02
   config.encoder.dropout = 0.3
-  head = "mhc" if args.head == "best" else args.head
+  head = "mhs" if args.head == "best" else args.head
   config.head.type = head
   config.head.num_heads = 2
   config.head.beam = 16
   config.head.hidden = 64
   config.head.num_sampled_groups = 64
   if head == "vanilla":  # scores are <x, item embedding> + bias
+    config.head.tie_embeddings = True
+  if args.head == "best":  # sampled groups of 4 neighbouring items, tied
+    config.head.radices = (13636, 4)
+    config.head.num_sampled_groups = 1280
+    config.head.label_order = "clustered"
     config.head.tie_embeddings = True
   if head == "mhc":  # hierarchical softmax with a vector per item
     config.head.radices = (1024, 54)
@@ -85,6 +90,8 @@ def get_config(arg: str | None = None):
   config.eval_batch_size = 256
   config.num_train_steps = 20_000  # ~64 epochs of the 40,226 users
   if args.head == "best":
+    config.num_train_steps = 2_000  # ~6 epochs (chosen on validation)
+  if head == "mhc":
     config.num_train_steps = 4_000  # ~13 epochs (chosen on validation)
   if head == "vanilla":
     config.num_train_steps = 3_000  # ~10 epochs (chosen on validation)

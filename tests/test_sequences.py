@@ -653,12 +653,17 @@ def test_tie_embeddings_needs_vanilla_and_sasrec(tmp_path):
 def test_amazon_beauty_config_arguments():
   from test_configs import CONFIG_DIR, load_module  # pylint: disable=g-import-not-at-top
   module = load_module(CONFIG_DIR / "amazon_beauty.py")
-  best = module.get_config()  # the validated MHC: clustered items, 4000 steps
-  assert best.head.type == "mhc" and best.head.label_order == "clustered"
+  best = module.get_config()  # the validated tied MHS, 2000 steps
+  assert best.head.type == "mhs" and best.head.label_order == "clustered"
+  assert best.head.tie_embeddings and best.head.radices == (13636, 4)
   assert best.encoder.block_layout == "sasrec"
-  assert best.to_dict() == {**module.get_config("head=mhc").to_dict(),
-                            "name": "amazon_beauty_best",
-                            "num_train_steps": 4000}
+  mhs = module.get_config("head=mhs").to_dict()
+  assert best.to_dict() == {
+      **mhs, "name": "amazon_beauty_best", "num_train_steps": 2000,
+      "head": {**mhs["head"], "radices": (13636, 4), "num_sampled_groups": 1280,
+               "label_order": "clustered", "tie_embeddings": True}}
+  mhc = module.get_config("head=mhc")  # the validated MHC: 4000 steps
+  assert mhc.head.label_order == "clustered" and mhc.num_train_steps == 4000
   assert module.get_config("head=vanilla").head.type == "vanilla"
   both = module.get_config("head=mhc,runlocal")
   assert both.head.type == "mhc" and both.name == "amazon_beauty_mhc"
