@@ -18,9 +18,9 @@ bins (how much of the difference the targets' popularity accounts for).
   python benchmarks/beauty_val_test.py --workdir=/tmp/beauty_vt \
       --steps=3000 --json=/tmp/beauty_val_test.json
 
-``--config_arg`` is the config's argument (empty: ``best``) and
-``--steps`` the ``num_train_steps`` the workdir was trained with; the
-checkpoint must be of that config. With ``--json`` the per-user 0-based
+``--config_arg`` is the config's argument (empty: ``best``), ``--set``
+the overrides and ``--steps`` the ``num_train_steps`` the workdir was
+trained with; the checkpoint must be of that config. With ``--json`` the per-user 0-based
 target ranks go next to it (``*.ranks_validation.npy``,
 ``*.ranks_test.npy``; rank 2**31 - 1: not among the predictions).
 """
@@ -28,6 +28,7 @@ target ranks go next to it (``*.ranks_validation.npy``,
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import pathlib
 import sys
@@ -137,6 +138,21 @@ def evaluate_both(config, workdir) -> dict:
   return out
 
 
+def parse_overrides(texts) -> dict:
+  """``['encoder.dropout=0.2', 'encoder.block_layout=pre_ln']`` ->
+  ``{'encoder.dropout': 0.2, 'encoder.block_layout': 'pre_ln'}``."""
+  overrides = {}
+  for text in texts:
+    if "=" not in text:
+      raise ValueError(f"--set={text!r} is not KEY=VALUE")
+    key, value = text.split("=", 1)
+    try:
+      overrides[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key.strip()] = value  # a bare string such as pre_ln
+  return overrides
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="training workdir")
@@ -144,11 +160,15 @@ def main(argv=None):
                       "amazon_beauty.py argument (empty: the default, best)")
   parser.add_argument("--steps", type=int, default=0, help="num_train_steps "
                       "of the run (0: the config's)")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config override the run was trained with "
+                      "(repeatable), e.g. --set=encoder.dropout=0.2")
   parser.add_argument("--json", default=None,
                       help="also write the figures here")
   args = parser.parse_args(argv)
   config = config_lib.from_file(REPO / "configs" / "amazon_beauty.py",
                                 args.config_arg or None)
+  config = config_lib.override(config, parse_overrides(args.set))
   if args.steps:
     config.num_train_steps = args.steps
   result = evaluate_both(config, args.workdir)

@@ -281,6 +281,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.head.sparse_update and config.head.type != "mhs":
     raise ValueError("config.head.sparse_update needs head.type='mhs', got "
                      f"{config.head.type!r}")
+  if config.head.sparse_update and config.head.tie_embeddings:
+    # The encoder reads every row of a tied table; updating only the
+    # sampled rows would drop the encoder's gradient of the others.
+    raise ValueError("config.head.sparse_update updates the sampled "
+                     "classifier rows only; it cannot be combined with "
+                     "head.tie_embeddings (the encoder's item table)")
   if config.optimizer.classifier not in ("same", "sgd_momentum", "sgd"):
     raise ValueError("config.optimizer.classifier must be 'same', "
                      "'sgd_momentum' or 'sgd', got "

@@ -78,3 +78,13 @@ def test_one_checkpoint_on_both_splits(vt, tmp_path):
   # No target is cold (every item is someone's training target).
   assert out["validation/cold_targets"]["share"] == 0.0
   assert out["test/cold_targets"]["share"] == 0.0
+
+
+def test_parse_overrides(vt):
+  assert vt.parse_overrides(["encoder.dropout=0.2", "encoder.block_layout=pre_ln",
+                             "head.radices=(4, 3)"]) == {
+                                 "encoder.dropout": 0.2,
+                                 "encoder.block_layout": "pre_ln",
+                                 "head.radices": (4, 3)}
+  with pytest.raises(ValueError, match="'dropout' is not KEY=VALUE"):
+    vt.parse_overrides(["dropout"])

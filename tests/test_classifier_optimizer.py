@@ -127,6 +127,8 @@ def test_a_model_without_a_head_is_refused():
     ({"optimizer.classifier_learning_rate": -1.0}, "must be >= 0"),
     ({"optimizer.classifier_learning_rate": 0.1, "head.type": "unidec"},
      "encoder \\+ head models"),
+    ({"head.type": "mhs", "head.sparse_update": True,
+      "head.tie_embeddings": True}, "cannot be combined with head.tie_embed"),
 ])
 def test_config_checks(overrides, match):
   config = config_lib.override(tiny_config.get_config(), overrides,
