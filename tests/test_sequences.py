@@ -227,7 +227,7 @@ def test_dense_init_std_and_bad_layout():
 
 def test_tied_embeddings_read_the_head_kernel():
   rngs = nnx.Rngs(0)
-  enc = SASRecEncoder(12, 4, 8, num_blocks=1, rngs=rngs)
+  enc = SASRecEncoder(12, 4, 8, num_blocks=0, rngs=rngs)
   head = heads.VanillaHead(8, 12, rngs=rngs)
   table_cd = np.asarray(enc.item_embedding[...])
   untied = Classifier(nnx.clone(enc), nnx.clone(head), ("items",))
@@ -258,7 +258,7 @@ def test_tied_mhc_leaf_vectors_are_the_item_table():
   c, d = 12, 8
   perm = np.random.default_rng(3).permutation(c)
   codec = LabelCodec((4, 3), c, permutation=perm)
-  enc = SASRecEncoder(c, 4, d, num_blocks=1, rngs=nnx.Rngs(0))
+  enc = SASRecEncoder(c, 4, d, num_blocks=0, rngs=nnx.Rngs(0))
   head = heads.MHCHead(d, codec, beam=4, hidden=d, child_embedding="table",
                        rngs=nnx.Rngs(1))
   table_cd = np.asarray(enc.item_embedding[...])
@@ -296,7 +296,7 @@ def test_tied_mhs_kernel_columns_are_the_item_table():
   c, d = 11, 8  # 4 groups of 3 codes: code 11 is padding
   perm = np.random.default_rng(5).permutation(c)
   codec = LabelCodec((4, 3), c, permutation=perm)
-  enc = SASRecEncoder(c, 4, d, num_blocks=1, rngs=nnx.Rngs(0))
+  enc = SASRecEncoder(c, 4, d, num_blocks=0, rngs=nnx.Rngs(0))
   head = heads.MHSHead(d, codec, num_sampled_groups=2, rngs=nnx.Rngs(1))
   table_cd = np.asarray(enc.item_embedding[...])
   untied = Classifier(nnx.clone(enc), nnx.clone(head), ("items",))
