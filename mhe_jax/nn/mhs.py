@@ -39,6 +39,13 @@ Example::
                                                        # of 1000 classes
   scores_bk, labels_bk = mhs.topk(x_bd, 5)             # full classifier
 
+Tied item table. :meth:`MHSHead.label_embeddings` reads label ``y``'s
+kernel column as a ``[C, d]`` table in label order and
+:meth:`MHSHead.set_label_embeddings` writes it, so a SASRec encoder can
+share it as its item embeddings (``config.head.tie_embeddings``; the
+sampled loss then trains the rows of the sampled groups through the head
+and the input items' rows through the encoder).
+
 Sparse update. Training the full classifier with a dense optimiser still
 reads and writes all ``C x d`` parameters and their optimiser state every
 step. :class:`SparseUpdateOptimizer` (``config.head.sparse_update`` in the
