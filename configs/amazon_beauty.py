@@ -85,11 +85,12 @@ def get_config(arg: str | None = None):
   config.head.num_sampled_groups = 64
   if head == "vanilla":  # scores are <x, item embedding> + bias
     config.head.tie_embeddings = True
-  if args.head == "best":  # sampled groups of 4 neighbouring items, tied
-    config.head.radices = (13636, 4)
+  if args.head == "best":  # sampled pairs of neighbouring items, tied
+    config.head.radices = (27271, 2)
     config.head.num_sampled_groups = 1280
     config.head.label_order = "clustered"
     config.head.tie_embeddings = True
+    config.head.sampling_correction = "logq"
   if head == "mhc":  # hierarchical softmax with a vector per item
     config.head.radices = (1024, 54)
     config.head.child_embedding = "table"
@@ -98,7 +99,7 @@ def get_config(arg: str | None = None):
   config.eval_batch_size = 256
   config.num_train_steps = 20_000  # ~64 epochs of the 40,226 users
   if args.head == "best":
-    config.num_train_steps = 2_000  # ~6 epochs (chosen on validation)
+    config.num_train_steps = 3_000  # ~10 epochs (chosen on validation)
   if head == "mhc":
     config.num_train_steps = 4_000  # ~13 epochs (chosen on validation)
   if head == "vanilla":

@@ -116,6 +116,11 @@ def base_config() -> ml_collections.ConfigDict:
   # 'same': optimizer.name's): lazy Adam, lazy momentum SGD, or plain SGD
   # (exact); see docs/training.md.
   c.head.sparse_update = False
+  # mhs, single-label: 'logq' subtracts from each sampled logit the log of
+  # its group's probability of joining the sample (from the training label
+  # frequencies; frequent groups are negatives more often), 'none' as in
+  # the paper.
+  c.head.sampling_correction = "none"
   c.head.multilabel_loss = "bce"  # vanilla/mhp/mhc multi-label loss: bce | softmax
                                   # (| squared: vanilla, mhc).
   c.head.chunk_size = 0       # vanilla: class chunk; 0 -> the head's default.
@@ -287,6 +292,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.head.sparse_update updates the sampled "
                      "classifier rows only; it cannot be combined with "
                      "head.tie_embeddings (the encoder's item table)")
+  correction = config.head.get("sampling_correction", "none")
+  if correction not in ("none", "logq"):
+    raise ValueError("config.head.sampling_correction must be 'none' or "
+                     f"'logq', got {correction!r}")
+  if correction != "none" and config.head.type != "mhs":
+    raise ValueError("config.head.sampling_correction corrects MHS's "
+                     f"sampled softmax; head.type is {config.head.type!r}")
   if config.optimizer.classifier not in ("same", "sgd_momentum", "sgd"):
     raise ValueError("config.optimizer.classifier must be 'same', "
                      "'sgd_momentum' or 'sgd', got "

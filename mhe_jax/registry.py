@@ -235,9 +235,15 @@ def _mhs(cfg, in_features, data: Dataset, rngs, mesh=None):
   _bias_initializer(cfg, data, sigmoid=data.multilabel)  # checks the name
   bias = (prior_bias(data.label_counts, data.num_train,
                      sigmoid=data.multilabel) if kind == "prior" else None)
+  # sampling_correction='logq' (checked by config_lib.validate): the
+  # training label counts; MHSHead refuses them for multi-label data.
+  logq = cfg.get("sampling_correction", "none") == "logq"
+  freq = data.label_counts if logq else None
+  if logq and data.num_train == 0:  # a model_info spec (mhe_jax.load): the
+    freq = np.ones(data.num_classes)  # checkpoint holds the frequencies
   return heads.MHSHead(in_features, make_codec(cfg, data.num_classes, data),
                        cfg.num_sampled_groups, multilabel=data.multilabel,
-                       label_bias=bias, rngs=rngs)
+                       label_bias=bias, label_frequencies=freq, rngs=rngs)
 
 
 HEADS = {"vanilla": _vanilla, "mhp": _mhp, "mhc": _mhc, "mhs": _mhs}

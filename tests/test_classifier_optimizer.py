@@ -129,6 +129,10 @@ def test_a_model_without_a_head_is_refused():
      "encoder \\+ head models"),
     ({"head.type": "mhs", "head.sparse_update": True,
       "head.tie_embeddings": True}, "cannot be combined with head.tie_embed"),
+    ({"head.type": "mhs", "head.sampling_correction": "popularity"},
+     "must be 'none' or 'logq'"),
+    ({"head.type": "mhp", "head.sampling_correction": "logq"},
+     "corrects MHS's sampled softmax"),
 ])
 def test_config_checks(overrides, match):
   config = config_lib.override(tiny_config.get_config(), overrides,

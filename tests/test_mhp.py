@@ -14,7 +14,9 @@ import pytest
 
 from mhe_jax import LabelCodec
 from mhe_jax.nn.mhp import MHPHead
+from mhe_jax.nn.mhs import inclusion_probability
 from mhe_jax.nn.mhs import MHSHead
+from mhe_jax.ops.sampling import sample_groups
 from mhe_jax.ops import product_log_probs
 
 import learning
@@ -421,6 +423,72 @@ def test_argument_errors():
       head.loss(x, jnp.zeros((2,), jnp.int32), where=jnp.ones(3, bool))
     with pytest.raises(ValueError, match=r"k must be an integer in \[1, 46\]"):
       head.topk(x, 47)
+
+
+def np_inclusion(freq_g, n, n_true, num_sampled):
+  """q_g: the group holds one of n labels, else it is a random pick."""
+  freq_g = np.asarray(freq_g, np.float64)
+  true_g = 1. - (1. - freq_g) ** n
+  fill = (num_sampled - n_true) / (len(freq_g) - n_true)
+  return true_g + (1. - true_g) * fill
+
+
+def test_mhs_inclusion_probability_matches_the_sampler():
+  num_groups, num_sampled, n = 40, 16, 10
+  freq = np.random.default_rng(0).dirichlet(np.full(num_groups, 0.3))
+
+  def one(key):
+    k_labels, k_sample = jax.random.split(key)
+    labels = jax.random.choice(k_labels, num_groups, (n,), p=jnp.asarray(freq))
+    ids, _ = sample_groups(labels, num_groups, num_sampled, k_sample)
+    n_true = jnp.zeros(num_groups, bool).at[labels].set(True).sum()
+    q = inclusion_probability(freq, n, n_true, num_sampled)
+    return jnp.zeros(num_groups).at[ids].set(1.), q, n_true
+
+  drawn, q, n_true = jax.jit(jax.vmap(one))(
+      jax.random.split(jax.random.key(1), 8000))
+  for t in range(3):  # the formula, against numpy
+    np.testing.assert_allclose(
+        q[t], np_inclusion(freq, n, int(n_true[t]), num_sampled), rtol=1e-5)
+  # Monte Carlo frequency of joining the sample vs the formula (averaged
+  # over the draws' n_true); 8000 draws: standard error <= 0.0056.
+  np.testing.assert_allclose(drawn.mean(0), q.mean(0), atol=0.025)
+  assert np.ptp(np.asarray(q.mean(0))) > 0.3  # frequent groups join far more
+
+
+def test_mhs_logq_correction_against_numpy():
+  rng = np.random.default_rng(5)
+  codec = MHS_CODEC.with_permutation(rng.permutation(50).astype(np.int32))
+  counts = rng.integers(0, 30, 50).astype(np.float64)
+  head = MHSHead(D, codec, 7, label_frequencies=counts, rngs=nnx.Rngs(0))
+  plain = MHSHead(D, codec, 7, rngs=nnx.Rngs(0))
+  x, labels, key = features(6, seed=5), MHS_LABELS, jax.random.key(3)
+  logits, group_ids, targets = jit_sampled(head, x, labels, key)
+  plain_logits, plain_ids, _ = jit_sampled(plain, x, labels, key)
+  np.testing.assert_array_equal(group_ids, plain_ids)
+  # Group frequencies: each label's count lands on its code's group.
+  codes = np.asarray(codec.to_codes(np.arange(50)))
+  freq_g = np.bincount(codes // 6, weights=counts, minlength=9) / counts.sum()
+  valid = labels >= 0
+  n_true = len(set(codes[labels[valid]] // 6))
+  log_q = np.log(np_inclusion(freq_g, valid.sum(), n_true, 7))
+  expect = np.asarray(plain_logits) - np.repeat(log_q[np.asarray(group_ids)], 6)
+  np.testing.assert_allclose(logits, expect, rtol=1e-5, atol=1e-5)
+  logp = np_log_softmax(np.where(np.isfinite(expect), expect, -1e30))
+  t = np.asarray(targets)
+  np.testing.assert_allclose(
+      jit_loss(head, x, labels, rng=key),
+      -logp[np.flatnonzero(valid), t[valid]].mean(), rtol=1e-5)
+  # Evaluation (the full classifier) is unaffected.
+  np.testing.assert_allclose(jit_loss(head, x, labels), jit_loss(plain, x, labels),
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="single-label"):
+    MHSHead(D, codec, 7, multilabel=True, label_frequencies=counts,
+            rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="label_frequencies must be 50"):
+    MHSHead(D, codec, 7, label_frequencies=counts[:9], rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="label_frequencies must be 50"):
+    MHSHead(D, codec, 7, label_frequencies=-counts, rngs=nnx.Rngs(0))
 
 
 # ----------------------------------------------------------------- learning

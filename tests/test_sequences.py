@@ -552,7 +552,8 @@ def sequence_config(root, head, **overrides):
     ("vanilla", {"head.tie_embeddings": True, "encoder.block_layout": "sasrec",
                  "encoder.dense_init_std": 0.02, "encoder.init_std": 0.02}),
     ("mhc", {"head.label_order": "clustered"}),
-    ("mhs", {"head.label_order": "clustered", "head.tie_embeddings": True}),
+    ("mhs", {"head.label_order": "clustered", "head.tie_embeddings": True,
+             "head.sampling_correction": "logq"}),
     ("mhc", {"head.label_order": "clustered", "head.child_embedding": "table",
              "head.hidden": 32, "head.tie_embeddings": True}),
     # Two batch shards of 16 users, each compacted to 80 of its 96 rows.
@@ -575,7 +576,7 @@ def test_trainer_learns_next_item(tmp_path, head, overrides):
 
 
 @pytest.mark.parametrize("head,overrides", [
-    ("mhp", {}),
+    ("mhs", {"head.tie_embeddings": True, "head.sampling_correction": "logq"}),
     ("mhc", {"head.child_embedding": "table", "head.hidden": 32,
              "head.tie_embeddings": True})])
 def test_a_sequence_workdir_loads_and_predicts_like_the_trainer(
@@ -653,15 +654,16 @@ def test_tie_embeddings_needs_vanilla_and_sasrec(tmp_path):
 def test_amazon_beauty_config_arguments():
   from test_configs import CONFIG_DIR, load_module  # pylint: disable=g-import-not-at-top
   module = load_module(CONFIG_DIR / "amazon_beauty.py")
-  best = module.get_config()  # the validated tied MHS, 2000 steps
+  best = module.get_config()  # the validated tied MHS, 3000 steps
   assert best.head.type == "mhs" and best.head.label_order == "clustered"
-  assert best.head.tie_embeddings and best.head.radices == (13636, 4)
+  assert best.head.tie_embeddings and best.head.radices == (27271, 2)
   assert best.encoder.block_layout == "sasrec"
   mhs = module.get_config("head=mhs").to_dict()
   assert best.to_dict() == {
-      **mhs, "name": "amazon_beauty_best", "num_train_steps": 2000,
-      "head": {**mhs["head"], "radices": (13636, 4), "num_sampled_groups": 1280,
-               "label_order": "clustered", "tie_embeddings": True}}
+      **mhs, "name": "amazon_beauty_best", "num_train_steps": 3000,
+      "head": {**mhs["head"], "radices": (27271, 2), "num_sampled_groups": 1280,
+               "label_order": "clustered", "tie_embeddings": True,
+               "sampling_correction": "logq"}}
   mhc = module.get_config("head=mhc")  # the validated MHC: 4000 steps
   assert mhc.head.label_order == "clustered" and mhc.num_train_steps == 4000
   assert module.get_config("head=vanilla").head.type == "vanilla"

@@ -73,6 +73,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from mhe_jax import sharding as sharding_lib
 from mhe_jax.nn import head_utils
 from mhe_jax.ops import losses
 from mhe_jax.ops import sparse_update
@@ -80,6 +81,37 @@ from mhe_jax.ops.codec import LabelCodec
 from mhe_jax.ops.sampling import sample_groups
 
 ArrayLike = jax.typing.ArrayLike
+
+
+class GroupFrequency(nnx.Variable):
+  """Fixed training frequencies of the MHS label groups ``[G]`` (sum 1);
+  not trained (not a Param)."""
+
+
+def inclusion_probability(freq_g: ArrayLike, num_labelled: ArrayLike,
+                          num_true: ArrayLike, num_sampled: int) -> jax.Array:
+  """Probability that each group joins a step's MHS sample, float32 ``[G]``.
+
+  With ``n`` labels drawn from the group frequencies ``f_g``, group ``g``
+  holds one of them with probability ``t_g = 1 - (1 - f_g)^n``; otherwise it
+  is one of the ``S - n_true`` random picks among the ``G - n_true`` other
+  groups (:func:`mhe_jax.ops.sampling.sample_groups`). So
+  ``q_g = t_g + (1 - t_g) (S - n_true) / (G - n_true)``.
+
+  Args:
+    freq_g: float ``[G]`` group frequencies among the training labels.
+    num_labelled: n, the labels of the step.
+    num_true: n_true, the distinct groups they fall in.
+    num_sampled: S, the groups sampled.
+  """
+  freq_g = jnp.asarray(freq_g, jnp.float32)
+  num_groups = freq_g.shape[0]
+  n = jnp.asarray(num_labelled, jnp.float32)
+  n_true = jnp.asarray(num_true, jnp.float32)
+  true_g = -jnp.expm1(n * jnp.log1p(-jnp.minimum(freq_g, 1. - 1e-7)))
+  rest = jnp.maximum(num_groups - n_true, 1.)
+  fill = jnp.clip((num_sampled - n_true) / rest, 0., 1.)
+  return true_g + (1. - true_g) * fill
 
 
 class MHSHead(nnx.Module):
@@ -101,8 +133,17 @@ class MHSHead(nnx.Module):
   and computed on device. Logits are computed only for the sampled groups'
   ``S * s`` classes, and the loss is a softmax CE over them at the true class
   (single-label; classes of other groups are left out of the softmax, as in
-  the paper, without a sampling correction) or a sigmoid BCE over them
-  (multi-label).
+  the paper) or a sigmoid BCE over them (multi-label).
+
+  Sampling correction (single-label, ``label_frequencies`` given). The
+  groups of the batch's labels always join the sample, so frequent groups
+  are a step's negatives far more often than rare ones and the sampled
+  softmax pushes them down harder than the full softmax would. With the
+  training label frequencies the head subtracts ``log q_g`` from every
+  sampled logit of group ``g`` (the logQ correction of sampled softmax,
+  Jean et al. 2015; Yi et al. 2019), where ``q_g`` is the probability that
+  ``g`` joins the sample given the step's number of labels
+  (:func:`inclusion_probability`). Evaluation is unaffected.
 
   Budget. The number of sampled groups is static:
   ``S = min(G, max(num_sampled_groups, N))`` where ``N`` is the number of
@@ -135,11 +176,14 @@ class MHSHead(nnx.Module):
     dtype: the matmuls' input dtype, None: the features' and parameters'.
     kernel: ``[d, P]`` Param, logical axes ``('embed', 'classes')``.
     bias: ``[P]`` Param, logical axes ``('classes',)``.
+    group_frequency: ``[G]`` :class:`GroupFrequency` (the sampling
+      correction's), or None.
   """
 
   def __init__(self, in_features: int, codec: LabelCodec,
                num_sampled_groups: int, *, multilabel: bool = False,
                label_bias: ArrayLike | None = None,
+               label_frequencies: ArrayLike | None = None,
                dtype: Any = None, param_dtype: Any = jnp.float32,
                kernel_init: nnx.Initializer = nnx.initializers.lecun_normal(),
                bias_init: nnx.Initializer = nnx.initializers.zeros_init(),
@@ -204,6 +248,21 @@ class MHSHead(nnx.Module):
 
     self.bias = head_utils.param(bias_by_code, rngs, (padded,), ("classes",),
                                  param_dtype)
+    self.group_frequency = nnx.data(None)
+    if label_frequencies is not None:
+      if self.multilabel:
+        raise ValueError("label_frequencies (the sampling correction) is for "
+                         "single-label heads; this head is multi-label")
+      freq_c = np.asarray(label_frequencies, np.float64)
+      if (freq_c.shape != (codec.num_classes,) or not np.isfinite(freq_c).all()
+          or (freq_c < 0).any() or freq_c.sum() <= 0):
+        raise ValueError(
+            f"label_frequencies must be {codec.num_classes} finite counts "
+            f">= 0, not all 0; got shape {freq_c.shape}")
+      freq_g = np.zeros(padded, np.float64)
+      freq_g[codes] = freq_c / freq_c.sum()
+      freq_g = freq_g.reshape(self.num_groups, self.group_size).sum(1)
+      self.group_frequency = GroupFrequency(jnp.asarray(freq_g, jnp.float32))
 
   def _label_columns(self) -> jax.Array:
     """int32 ``[C]``: label ``y``'s kernel column (its code)."""
@@ -252,9 +311,23 @@ class MHSHead(nnx.Module):
     else:
       w_dn, b_n = self._gather(codes_n)
     logits_bn = head_utils.dense(x_bd, w_dn, b_n, self.dtype)
+    if self.group_frequency is not None:
+      logits_bn = logits_bn - jnp.repeat(
+          self._log_inclusion(groups, num)[group_ids_t], s).astype(
+              logits_bn.dtype)
     valid_n = codes_n < self.num_classes
     targets = jnp.where(labels >= 0, slots * s + labels % s, -1)
     return logits_bn, valid_n, group_ids_t, targets.astype(jnp.int32)
+
+  def _log_inclusion(self, groups, num_sampled):
+    """log q_g ``[G]`` for this step's labels (:func:`inclusion_probability`)."""
+    groups = sharding_lib.replicated(groups)
+    valid = groups >= 0
+    is_true_g = jnp.zeros((self.num_groups,), bool).at[
+        jnp.where(valid, groups, self.num_groups)].set(True, mode="drop")
+    q_g = inclusion_probability(self.group_frequency[...], valid.sum(),
+                                is_true_g.sum(), num_sampled)
+    return jax.lax.stop_gradient(jnp.log(jnp.maximum(q_g, 1e-30)))
 
   def _gather(self, codes_n):
     """The kernel columns ``[d, n]`` and bias ``[n]`` of the given codes."""
