@@ -367,15 +367,18 @@ def test_no_retrace_across_calls():
 
 
 @pytest.mark.parametrize("kind,multilabel", [
-    ("mhs", False), ("mhs", True), ("mhp", False)])
+    ("mhs", False), ("mhs", True), ("mhs_logq", False), ("mhp", False)])
 def test_sharded_equals_unsharded(kind, multilabel):
   # Explicit mesh as the trainer builds it: the batch over 'data', the MHS
   # classes (and here the MHP head outputs) over 'classes'.
   mesh = jax.make_mesh((4, 2), ("data", "classes"),
                        axis_types=(jax.sharding.AxisType.Explicit,) * 2)
   rules = [("embed", None), ("classes", "classes"), ("heads", "classes")]
-  if kind == "mhs":
+  if kind.startswith("mhs"):
     head = mhs_head(7, multilabel=multilabel, codec=MHS_CODEC)
+    if kind == "mhs_logq":  # the sampling correction, from label counts
+      head = MHSHead(D, MHS_CODEC, 7, label_frequencies=np.arange(50) % 7,
+                     rngs=nnx.Rngs(0))
     labels = np.concatenate([MHS_SETS, MHS_SETS[::-1], MHS_SETS[:2]])
   else:
     head = mhp_head(multilabel)
