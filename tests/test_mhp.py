@@ -375,10 +375,11 @@ def test_sharded_equals_unsharded(kind, multilabel):
                        axis_types=(jax.sharding.AxisType.Explicit,) * 2)
   rules = [("embed", None), ("classes", "classes"), ("heads", "classes")]
   if kind.startswith("mhs"):
-    head = mhs_head(7, multilabel=multilabel, codec=MHS_CODEC)
     if kind == "mhs_logq":  # the sampling correction, from label counts
       head = MHSHead(D, MHS_CODEC, 7, label_frequencies=np.arange(50) % 7,
                      rngs=nnx.Rngs(0))
+    else:
+      head = mhs_head(7, multilabel=multilabel, codec=MHS_CODEC)
     labels = np.concatenate([MHS_SETS, MHS_SETS[::-1], MHS_SETS[:2]])
   else:
     head = mhp_head(multilabel)

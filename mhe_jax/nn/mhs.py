@@ -73,7 +73,6 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from mhe_jax import sharding as sharding_lib
 from mhe_jax.nn import head_utils
 from mhe_jax.ops import losses
 from mhe_jax.ops import sparse_update
@@ -313,20 +312,18 @@ class MHSHead(nnx.Module):
     logits_bn = head_utils.dense(x_bd, w_dn, b_n, self.dtype)
     if self.group_frequency is not None:
       logits_bn = logits_bn - jnp.repeat(
-          self._log_inclusion(groups, num)[group_ids_t], s).astype(
+          self._log_inclusion(slots, num)[group_ids_t], s).astype(
               logits_bn.dtype)
     valid_n = codes_n < self.num_classes
     targets = jnp.where(labels >= 0, slots * s + labels % s, -1)
     return logits_bn, valid_n, group_ids_t, targets.astype(jnp.int32)
 
-  def _log_inclusion(self, groups, num_sampled):
-    """log q_g ``[G]`` for this step's labels (:func:`inclusion_probability`)."""
-    groups = sharding_lib.replicated(groups)
-    valid = groups >= 0
-    is_true_g = jnp.zeros((self.num_groups,), bool).at[
-        jnp.where(valid, groups, self.num_groups)].set(True, mode="drop")
-    q_g = inclusion_probability(self.group_frequency[...], valid.sum(),
-                                is_true_g.sum(), num_sampled)
+  def _log_inclusion(self, slots, num_sampled):
+    """log q_g ``[G]`` for this step's labels (:func:`inclusion_probability`),
+    from their sample slots: the true groups hold slots ``0 .. n_true - 1``
+    (:func:`sample_groups` puts them first), padding -1."""
+    q_g = inclusion_probability(self.group_frequency[...], (slots >= 0).sum(),
+                                slots.max() + 1, num_sampled)
     return jax.lax.stop_gradient(jnp.log(jnp.maximum(q_g, 1e-30)))
 
   def _gather(self, codes_n):
