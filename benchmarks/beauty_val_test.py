@@ -102,6 +102,7 @@ def evaluate_both(config, workdir) -> dict:
   if restored is None:
     raise FileNotFoundError(f"no checkpoint in {workdir}")
   step, state, _ = restored
+  state = trainer.eval_state(state)  # the parameters' average, if kept
   split = interactions.leave_one_out(interactions.read_interactions(
       registry.data_root(config.data) / config.data.name / "interactions.txt"))
   train_tc = trainer.data.train.target_counts(split.num_items)

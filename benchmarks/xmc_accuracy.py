@@ -336,7 +336,7 @@ def _eval_scores(trainer, state) -> tuple[np.ndarray, np.ndarray]:
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from mhe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   c = trainer.data.num_classes
-  model, _ = nnx.merge(trainer.graphdef, state)
+  model, _ = nnx.merge(trainer.graphdef, trainer.eval_state(state))
   topk = jax.jit(lambda m, b: m.topk(b, c))
   rows, labels = [], []
   for batch in pipeline.eval_loader(trainer.data.eval,

@@ -169,6 +169,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 0  # Linear warm-up steps.
   c.optimizer.weight_decay = 0.0  # adamw decoupled weight decay.
   c.optimizer.grad_clip = 0.0  # Global-norm clipping; 0 -> off.
+  # > 0: evaluate and serve an exponential moving average of the parameters
+  # with this decay (kept in the optimiser state; mhe_jax.averaging).
+  c.optimizer.ema_decay = 0.0
   # The head's (classifier's) own rule: 'same' (optimizer.name),
   # 'sgd_momentum' (SGD, momentum 0.9, as Renee trains its classifier) or
   # 'sgd' (plain SGD, no state), at classifier_learning_rate under the same
@@ -299,6 +302,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if correction != "none" and config.head.type != "mhs":
     raise ValueError("config.head.sampling_correction corrects MHS's "
                      f"sampled softmax; head.type is {config.head.type!r}")
+  ema_decay = config.optimizer.get("ema_decay", 0.0)
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError("config.optimizer.ema_decay must be in [0, 1) (0: off), "
+                     f"got {ema_decay}")
+  if ema_decay and config.head.sparse_update:
+    raise ValueError("config.optimizer.ema_decay averages the parameters the "
+                     "optimiser updates; head.sparse_update updates the MHS "
+                     "classifier rows outside it, so the two cannot be "
+                     "combined")
+  if ema_decay and config.head.fit == "least_squares":
+    raise ValueError("config.optimizer.ema_decay averages gradient steps; "
+                     "head.fit='least_squares' is one closed-form solve")
   if config.optimizer.classifier not in ("same", "sgd_momentum", "sgd"):
     raise ValueError("config.optimizer.classifier must be 'same', "
                      "'sgd_momentum' or 'sgd', got "

@@ -60,6 +60,7 @@ from mhe_jax import _extras
 with _extras.requires("train"):
   import orbax.checkpoint as ocp
 
+from mhe_jax import averaging
 from mhe_jax import checkpointing
 from mhe_jax import model_info
 from mhe_jax import registry
@@ -117,8 +118,21 @@ def load(path: PathLike, *, step: int | None = None,
   target = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
       abstract_state)
-  # The checkpoint holds nnx.state((model, optimizer)); restore item 0 only.
+  # The checkpoint holds nnx.state((model, optimizer)); restore item 0 (and,
+  # with optimizer.ema_decay, the parameters' average from item 1) only.
   item = nnx.State({0: target})
+  ema = bool(config.optimizer.get("ema_decay", 0.0))
+  if ema:
+    tx = registry.make_optimizer(
+        config.optimizer, config.num_train_steps,
+        classifier=not config.head.sparse_update)
+    abstract_opt = nnx.eval_shape(lambda: nnx.Optimizer(
+        registry.build_model(config, data, nnx.Rngs(config.seed)), tx,
+        wrt=nnx.Param))
+    average = averaging.average_of(nnx.State({1: nnx.state(abstract_opt)}))
+    item[1] = {"opt_state": {1: {"average": jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+        average)}}}
   try:
     restored = ocp.PyTreeCheckpointer().restore(
         step_dir / "state", args=ocp.args.PyTreeRestore(
@@ -132,6 +146,9 @@ def load(path: PathLike, *, step: int | None = None,
         f"{type(e).__name__}: {e}") from None
   state = restored[0]
   checkpointing.check_finite_structure(state, target, where=str(step_dir))
+  if ema:  # serve the average, as the trainer evaluated it
+    state = averaging.replace_params(
+        state, averaging.average_of(nnx.State(restored)))
   graphdef, state = nnx.split(nnx.merge(graphdef, rng_state, state))
   logging.info("loaded %s (%s head, %d classes) from %s", config.name,
                config.head.type, info["num_classes"], step_dir)

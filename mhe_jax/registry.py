@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 from mhe_jax import _extras
+from mhe_jax import averaging
 
 with _extras.requires("train"):
   import ml_collections
@@ -529,6 +530,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, *,
   the global norm of all gradients first. ``classifier=False``: ``cfg.name``
   on every parameter it is given (the trainer's sparse update keeps the MHS
   classifier out of it and updates it by :func:`sparse_rule`).
+  ``cfg.ema_decay > 0`` chains :func:`mhe_jax.averaging.param_ema` last: the
+  optimiser state then holds the parameters' moving average.
   """
   base = lookup(OPTIMIZERS, cfg.name, "optimizer")
   tx = base(cfg, _schedule(cfg, num_steps))
@@ -540,6 +543,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_steps: int, *,
     tx = head_split(tx, head_rule(cfg, _schedule(cfg, num_steps, peak)))
   if cfg.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+  if cfg.get("ema_decay", 0.0):
+    tx = averaging.with_ema(tx, cfg.ema_decay)
   return tx
 
 

@@ -57,6 +57,7 @@ with _extras.requires("train"):
   from clu import parameter_overview
   import ml_collections
 
+from mhe_jax import averaging
 from mhe_jax import checkpointing
 from mhe_jax import config_lib
 from mhe_jax import fit as fit_lib
@@ -222,6 +223,14 @@ class Trainer:
       out[key] = jax.make_array_from_process_local_data(sh, value)
     return out
 
+  def eval_state(self, state):
+    """The state that evaluation reads: with ``optimizer.ema_decay`` the
+    model's parameters replaced by their moving average
+    (:func:`mhe_jax.averaging.averaged_state`), else ``state``."""
+    if self.config.optimizer.get("ema_decay", 0.0):
+      return averaging.averaged_state(state)
+    return state
+
   def train_step(self, state, batch, step: int):
     rows = self.config.data.train_rows
     if rows and isinstance(self.data.train, pipeline.SequenceSource):
@@ -243,8 +252,10 @@ class Trainer:
     """Top-k decode of the eval split, metrics merged over all batches.
 
     Next-item (leave-one-out) data: HR@k / NDCG@k, see
-    :mod:`mhe_jax.sequence_eval`.
+    :mod:`mhe_jax.sequence_eval`. With ``optimizer.ema_decay`` the moving
+    average of the parameters is evaluated (:meth:`eval_state`).
     """
+    state = self.eval_state(state)
     if isinstance(self.data.eval, pipeline.SequenceEvalSource):
       return sequence_eval.evaluate(self, state)
     inv_p = metrics_lib.inverse_propensity(

@@ -189,6 +189,7 @@ KEY_EFFECTS: dict[str, bool] = {
     "optimizer.warmup_steps": CHANGES_STATE,
     "optimizer.weight_decay": CHANGES_STATE,
     "optimizer.grad_clip": CHANGES_STATE,
+    "optimizer.ema_decay": CHANGES_STATE,
     "optimizer.classifier": CHANGES_STATE,
     "optimizer.classifier_learning_rate": CHANGES_STATE,
 }
