@@ -663,10 +663,13 @@ def test_amazon_beauty_config_arguments():
       **mhs, "name": "amazon_beauty_best", "num_train_steps": 3000,
       "head": {**mhs["head"], "radices": (27271, 2), "num_sampled_groups": 1280,
                "label_order": "clustered", "tie_embeddings": True,
-               "sampling_correction": "logq"}}
+               "sampling_correction": "logq"},
+      "optimizer": {**mhs["optimizer"], "ema_decay": 0.999}}
   mhc = module.get_config("head=mhc")  # the validated MHC: 4000 steps
   assert mhc.head.label_order == "clustered" and mhc.num_train_steps == 4000
-  assert module.get_config("head=vanilla").head.type == "vanilla"
+  assert mhc.optimizer.ema_decay == 0.0
+  vanilla = module.get_config("head=vanilla")
+  assert vanilla.head.type == "vanilla" and vanilla.optimizer.ema_decay == 0.999
   both = module.get_config("head=mhc,runlocal")
   assert both.head.type == "mhc" and both.name == "amazon_beauty_mhc"
   assert both.num_train_steps == module.get_config("runlocal").num_train_steps
