@@ -85,6 +85,12 @@ def with_ema(tx: optax.GradientTransformation,
   return optax.chain(tx, param_ema(decay))
 
 
+def optimizer_item(average: Any) -> dict[str, Any]:
+  """A partial optimiser state holding only ``average`` where
+  :func:`with_ema` keeps it (e.g. a restore target for just the average)."""
+  return {"opt_state": {1: {"average": average}}}
+
+
 def average_of(state: nnx.State) -> nnx.State:
   """The average's state in ``nnx.state((model, optimizer))`` of an
   optimiser built with :func:`with_ema`."""

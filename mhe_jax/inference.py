@@ -115,24 +115,16 @@ def load(path: PathLike, *, step: int | None = None,
       abstract, nnx.RngState, ...)
   sharding = jax.sharding.SingleDeviceSharding(device)
   rng_state = jax.tree.map(lambda a: _fresh(a, device), abstract_rng)
-  target = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-      abstract_state)
+  placed = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+  target = jax.tree.map(placed, abstract_state)
   # The checkpoint holds nnx.state((model, optimizer)); restore item 0 (and,
-  # with optimizer.ema_decay, the parameters' average from item 1) only.
+  # with optimizer.ema_decay, the parameters' average from item 1) only. The
+  # average is a tree of the model's Params (param_ema's init takes them).
   item = nnx.State({0: target})
   ema = bool(config.optimizer.get("ema_decay", 0.0))
   if ema:
-    tx = registry.make_optimizer(
-        config.optimizer, config.num_train_steps,
-        classifier=not config.head.sparse_update)
-    abstract_opt = nnx.eval_shape(lambda: nnx.Optimizer(
-        registry.build_model(config, data, nnx.Rngs(config.seed)), tx,
-        wrt=nnx.Param))
-    average = averaging.average_of(nnx.State({1: nnx.state(abstract_opt)}))
-    item[1] = {"opt_state": {1: {"average": jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-        average)}}}
+    item[1] = averaging.optimizer_item(jax.tree.map(
+        placed, nnx.filter_state(abstract_state, nnx.Param)))
   try:
     restored = ocp.PyTreeCheckpointer().restore(
         step_dir / "state", args=ocp.args.PyTreeRestore(
